@@ -1,0 +1,88 @@
+"""Repository checks that CI relies on: notebooks clean, library in sync, README current, docs render.
+
+Each check works on a scratch copy of the files git would ship, so running the tests never edits
+your working tree.
+"""
+import json, os, re, shutil, subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def _shipped_files():
+    "Tracked files plus untracked, not-ignored ones (what a commit of the working tree would hold)."
+    out = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return [f for f in out.split('\0') if f and (ROOT/f).exists()]
+
+@pytest.fixture(scope='module')
+def scratch(tmp_path_factory):
+    "A copy of the repository's shipped files (symlinks kept as links)."
+    dst = tmp_path_factory.mktemp('repo')
+    for f in _shipped_files():
+        src, tgt = ROOT/f, dst/f
+        tgt.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink(): os.symlink(os.readlink(src), tgt)
+        else: shutil.copy2(src, tgt)
+    return dst
+
+def _changed(scratch, files):
+    return [f for f in files if (scratch/f).exists() and not (ROOT/f).is_symlink()
+            and (scratch/f).read_bytes() != (ROOT/f).read_bytes()]
+
+def _run(cmd, cwd):
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert r.returncode == 0, f'{cmd} failed:\n{r.stdout}\n{r.stderr}'
+
+def test_notebooks_are_clean(scratch):
+    "`nbdev_clean` changes nothing: notebooks are committed clean, with cell ids."
+    _run(['nbdev_clean'], scratch)
+    nbs = [f for f in _shipped_files() if f.endswith('.ipynb')]
+    assert nbs, 'no notebooks found'
+    assert not _changed(scratch, nbs), f'not clean (run nbdev_clean): {_changed(scratch, nbs)}'
+
+def test_library_in_sync(scratch):
+    "`nbdev_export` changes nothing: the generated modules, `_modidx.py` and pyproject.toml match the notebooks."
+    _run(['nbdev_export'], scratch)
+    shipped = set(_shipped_files())
+    lib = [str(p.relative_to(scratch)) for p in (scratch/'diffda_nb').rglob('*.py')] + ['pyproject.toml']
+    new = [f for f in lib if f not in shipped]
+    assert not new, f'nbdev_export creates files not in the repo (export and commit them): {new}'
+    assert not _changed(scratch, lib), f'out of sync with the notebooks (run nbdev_export): {_changed(scratch, lib)}'
+
+def test_readme_is_current():
+    "README.md is exactly what tools/make_readme.py renders from nbs/index.ipynb."
+    r = subprocess.run([sys.executable, 'tools/make_readme.py', '--check'], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+def _readme_commands():
+    "The shell commands in the README's fenced `bash` blocks."
+    txt = (ROOT/'README.md').read_text()
+    return [l.strip() for b in re.findall(r'```(?:bash|sh)\n(.*?)```', txt, re.S) for l in b.splitlines() if l.strip()]
+
+def test_ci_runs_the_readme_test_command():
+    "The README has exactly two set-up commands, and `.ci/run` runs the second one verbatim."
+    cmds = _readme_commands()
+    assert len(cmds) == 2, f'expected 2 set-up commands in README.md, found {cmds}'
+    ci = (ROOT/'.ci'/'run').read_text().splitlines()
+    assert cmds[1] in [l.strip() for l in ci], f'.ci/run does not run the README test command {cmds[1]!r}'
+
+def test_docs_render(scratch):
+    "Docs smoke test: nbdev processes every notebook (runs show_doc cells) and nbconvert renders each to HTML."
+    from nbdev.serve import proc_nbs
+    from nbconvert import HTMLExporter
+    import nbformat
+    cwd = os.getcwd()
+    try:
+        os.chdir(scratch)
+        proc_nbs(path=scratch/'nbs', n_workers=0)
+    finally: os.chdir(cwd)
+    procd = sorted((scratch/'_proc').rglob('*.ipynb'))
+    src = [p for p in (scratch/'nbs').rglob('*.ipynb') if not any(x.startswith(('_', '.')) for x in p.relative_to(scratch/'nbs').parts)]
+    assert len(procd) == len(src), f'processed {len(procd)} of {len(src)} notebooks'
+    for p in procd:
+        nb = nbformat.read(p, as_version=4)
+        for c in nb.cells: c.get('metadata', {}).pop('execution', None)
+        html, _ = HTMLExporter().from_notebook_node(nb)
+        assert '<html' in html and len(html) > 1000, p.name
+        assert 'Traceback (most recent call last)' not in html, f'{p.name}: a doc cell raised'

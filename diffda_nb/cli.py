@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['demo', 'build_parser', 'main']
 
-# %% ../nbs/40_cli.ipynb #b921d835
+# %% ../nbs/40_cli.ipynb #9a5dfd68
 import argparse, sys, time
 from pathlib import Path
 
-# %% ../nbs/40_cli.ipynb #c5784b45
+# %% ../nbs/40_cli.ipynb #c8ba347b
 def demo(out:str='demo_out', # folder for the PNG grid and its description
          model:str='tiny', # 'tiny' (embedded default, random weights), a local diffusers folder or a hub id
          strengths=(0.3, 0.6, 0.9), # SDEdit strengths, one column each
@@ -19,8 +19,8 @@ def demo(out:str='demo_out', # folder for the PNG grid and its description
          device=None # 'cpu', 'cuda', ... (default: best available)
         )->Path:
     "SDEdit a few real photos at several strengths and write `demo_grid.png`; returns its path."
-    from .core import sample_photos, grid_image, save_image, write_json, make_generator, pick_device
-    from .models import load_sd
+    from diffda_nb.core import sample_photos, grid_image, save_image, write_json, make_generator, pick_device
+    from diffda_nb.models import load_sd
     from tqdm.auto import tqdm
     strengths = [float(s) for s in strengths]
     bad = [s for s in strengths if not 0 < s <= 1]
@@ -44,7 +44,7 @@ def demo(out:str='demo_out', # folder for the PNG grid and its description
                     seconds=round(time.time() - t0, 2)), out/'demo_grid.json')
     return path
 
-# %% ../nbs/40_cli.ipynb #7c0c2ffb
+# %% ../nbs/40_cli.ipynb #fa94ce08
 _TINY_NOTE = ("note: the embedded default generator is the tiny Stable-Diffusion-architecture pipeline with RANDOM "
               "weights (DiffDA-Mini, the trained small world, will replace it): the grid shows how much of each "
               "real photo survives at each strength, not image quality.")

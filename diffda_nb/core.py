@@ -7,7 +7,7 @@ __all__ = ['MANIFEST_FIELDS', 'seed_everything', 'make_generator', 'pick_device'
            'sample_photos', 'images_to_tensor', 'tensor_to_pil', 'show_images', 'grid_image', 'atomic_write',
            'save_image', 'write_json', 'normalize_label_weights', 'soft_label', 'Manifest']
 
-# %% ../nbs/00_core.ipynb #aea95dd9
+# %% ../nbs/00_core.ipynb #e87c982b
 import contextlib, json, os, random, shutil, tempfile, math
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-# %% ../nbs/00_core.ipynb #d8e5d3d8
+# %% ../nbs/00_core.ipynb #cbdecb91
 def seed_everything(seed:int # the seed for Python, NumPy and PyTorch (all devices)
                    )->int:
     "Seed every random number generator a run touches; returns the seed."
@@ -25,14 +25,14 @@ def seed_everything(seed:int # the seed for Python, NumPy and PyTorch (all devic
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
     return int(seed)
 
-# %% ../nbs/00_core.ipynb #4d837cf0
+# %% ../nbs/00_core.ipynb #fbceaaf6
 def make_generator(seed:int, # the seed of this one stream
                    device=None # the device the generator draws on (default CPU)
                   )->torch.Generator:
     "A `torch.Generator` seeded with `seed`: one per synthetic image keeps results independent of batching."
     return torch.Generator(device=torch.device(device) if device is not None else 'cpu').manual_seed(int(seed))
 
-# %% ../nbs/00_core.ipynb #f9db4001
+# %% ../nbs/00_core.ipynb #6211ccef
 _DTYPES = {'fp32': torch.float32, 'float32': torch.float32, 'float': torch.float32, 'fp16': torch.float16, 'float16': torch.float16,
            'half': torch.float16, 'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16}
 
@@ -63,7 +63,7 @@ def pick_dtype(device=None, # the device the model will run on
     if dev.type == 'mps': return torch.float16
     return torch.float32
 
-# %% ../nbs/00_core.ipynb #8d5ef819
+# %% ../nbs/00_core.ipynb #b8c1f369
 def _array_to_pil(a:np.ndarray)->Image.Image:
     "An HW, HWC or CHW array (any numeric dtype) as a PIL image, rescaled to 8 bits."
     a = np.asarray(a)
@@ -97,7 +97,7 @@ def to_rgb(img, # a PIL image of any mode, a NumPy array, or a tensor (CHW/HWC; 
         return out
     return img.convert('RGB')
 
-# %% ../nbs/00_core.ipynb #a1c8d836
+# %% ../nbs/00_core.ipynb #c581e59a
 def load_image(path # an image file
               )->Image.Image:
     "Read an image file as RGB; a missing, unreadable or truncated file raises an error naming it."
@@ -109,7 +109,7 @@ def load_image(path # an image file
             return to_rgb(im)
     except (OSError, SyntaxError, ValueError) as e: raise ValueError(f"cannot read image {path}: {e}") from None
 
-# %% ../nbs/00_core.ipynb #3ea0a428
+# %% ../nbs/00_core.ipynb #b207b798
 def sample_photos()->list:
     "Real photos that ship with matplotlib (portrait, product photo, 16-bit MRI slice), as RGB PIL images."
     import gzip
@@ -120,7 +120,7 @@ def sample_photos()->list:
         mri = np.frombuffer(f.read(), np.uint16).reshape(256, 256)
     return [hopper, pack, to_rgb(Image.fromarray(mri))]
 
-# %% ../nbs/00_core.ipynb #63ff22a5
+# %% ../nbs/00_core.ipynb #9671d902
 def _resize(img:Image.Image, size, crop:bool)->Image.Image:
     if size is None: return img
     w, h = (size, size) if isinstance(size, int) else size
@@ -146,7 +146,7 @@ def tensor_to_pil(t:torch.Tensor # B×3×H×W (or 3×H×W) in [-1, 1]
     a = ((t.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(x) for x in a]
 
-# %% ../nbs/00_core.ipynb #e6d16367
+# %% ../nbs/00_core.ipynb #b9e2dfb6
 def show_images(images, # images (anything `to_rgb` accepts)
                 titles=None, # optional title per image
                 ncols:int=None, # columns (default: all in one row, up to 8)
@@ -182,7 +182,9 @@ def grid_image(images, # images (anything `to_rgb` accepts); resized to the firs
         out.paste(im if im.size == (w, h) else im.resize((w, h)), ((i % ncols) * (w + pad), (i // ncols) * (h + pad)))
     return out
 
-# %% ../nbs/00_core.ipynb #79b9e275
+# %% ../nbs/00_core.ipynb #37798e66
+_UMASK = os.umask(0); os.umask(_UMASK)  # read once: new files get the usual permissions, not mkstemp's private 0600
+
 @contextlib.contextmanager
 def atomic_write(path, # the file to (re)write
                  mode:str='w', # 'w' (text) or 'wb' (bytes)
@@ -191,6 +193,7 @@ def atomic_write(path, # the file to (re)write
     if mode not in ('w', 'wb'): raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK)
     try:
         with os.fdopen(fd, mode, **({} if 'b' in mode else {'encoding': encoding})) as f:
             yield f
@@ -224,7 +227,7 @@ def _json_default(o):
     if isinstance(o, Path): return str(o)
     raise TypeError(f"cannot write {type(o).__name__} as JSON")
 
-# %% ../nbs/00_core.ipynb #feffa902
+# %% ../nbs/00_core.ipynb #e21b8338
 MANIFEST_FIELDS = ('id', 'path', 'source_index', 'source_class', 'target_class', 'label_weights',
                    'prompt', 'strength', 'seed', 'method', 'generator')
 
@@ -255,7 +258,7 @@ def soft_label(row:dict, # a manifest row
         v[int(k)] = x
     return v
 
-# %% ../nbs/00_core.ipynb #04a8e86d
+# %% ../nbs/00_core.ipynb #083e4241
 class Manifest:
     "Append-only, crash-safe JSON-Lines table of generated samples, with lookup by id."
     def __init__(self, path, # the .jsonl file (created on the first append)

@@ -8,7 +8,7 @@ treated as nbdev's docs would. `--check` exits 1 when README.md is stale, printi
     python tools/make_readme.py          # rewrite README.md
     python tools/make_readme.py --check  # CI: is README.md current?
 """
-import argparse, difflib, json, sys
+import argparse, base64, difflib, json, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,14 +31,20 @@ def _directives(src):
 
 def _text(x): return ''.join(x) if isinstance(x, list) else x
 
-def _outputs(cell):
-    "Text outputs of a code cell (streams and plain-text results), as fenced blocks."
+FIG_DIR = 'README_files'
+
+def _outputs(cell, figures):
+    "Outputs of a code cell: text as fenced blocks, PNG pictures as links to files collected in `figures`."
     chunks = []
     for o in cell.get('outputs', []):
         if o.get('output_type') == 'stream' and o.get('name') == 'stdout': chunks.append(_text(o['text']))
         elif o.get('output_type') in ('execute_result', 'display_data'):
             data = o.get('data', {})
-            if 'text/markdown' in data: chunks.append(('md', _text(data['text/markdown'])))
+            if 'image/png' in data:
+                name = f"{FIG_DIR}/figure-{len(figures) + 1}.png"
+                figures[name] = base64.b64decode(_text(data['image/png']))
+                chunks.append(('md', f"![]({name})"))
+            elif 'text/markdown' in data: chunks.append(('md', _text(data['text/markdown'])))
             elif 'text/plain' in data and not any(k.startswith('image/') for k in data): chunks.append(_text(data['text/plain']))
     out = []
     for c in chunks:
@@ -47,9 +53,9 @@ def _outputs(cell):
     return out
 
 def render(nb_path=ROOT/'nbs'/'index.ipynb'):
-    "The README text for notebook `nb_path`."
+    "The README text for notebook `nb_path`, and its pictures as {relative path: PNG bytes}."
     nb = json.loads(Path(nb_path).read_text(encoding='utf-8'))
-    parts = [HEADER]
+    parts, figures = [HEADER], {}
     for cell in nb['cells']:
         src = _text(cell['source'])
         if cell['cell_type'] == 'markdown':
@@ -59,21 +65,26 @@ def render(nb_path=ROOT/'nbs'/'index.ipynb'):
             if any(k in d for k in ('hide', 'export', 'exporti', 'default_exp')): continue
             if d.get('include') == 'false': continue
             if d.get('echo') != 'false' and body: parts.append('```python\n' + '\n'.join(body).rstrip() + '\n```\n')
-            if d.get('output') != 'false': parts += _outputs(cell)
-    return '\n'.join(parts)
+            if d.get('output') != 'false': parts += _outputs(cell, figures)
+    return '\n'.join(parts), figures
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--check', action='store_true', help='exit 1 if README.md is not what index.ipynb generates')
     a = ap.parse_args(argv)
-    new, readme = render(), ROOT/'README.md'
+    (new, figures), readme = render(), ROOT/'README.md'
     old = readme.read_text(encoding='utf-8') if readme.exists() else ''
+    old_figs = {f"{FIG_DIR}/{p.name}": p.read_bytes() for p in sorted((ROOT/FIG_DIR).glob('*.png'))}
     if a.check:
-        if new != old:
+        if new != old or figures != old_figs:
             sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), 'README.md', 'from index.ipynb'))
+            if figures != old_figs: print(f"pictures in {FIG_DIR}/ differ from the notebook's ({sorted(old_figs)} vs {sorted(figures)})")
             print('\nREADME.md is stale: run `python tools/make_readme.py` and commit it.')
             return 1
         return 0
+    for name in old_figs: (ROOT/name).unlink()
+    for name, png in figures.items():
+        (ROOT/name).parent.mkdir(exist_ok=True); (ROOT/name).write_bytes(png)
     readme.write_text(new, encoding='utf-8')
     return 0
 

@@ -6,7 +6,7 @@
 __all__ = ['TASK_TYPES', 'METHODS', 'BASELINE', 'check_task', 'job_seed', 'job_id', 'Recipe', 'register', 'get_recipe',
            'import_methods', 'format_prompt', 'sdedit_jobs', 'methods_table']
 
-# %% ../nbs/10_recipes.ipynb #4d703d02
+# %% ../nbs/10_recipes.ipynb #9eb14a25
 from dataclasses import dataclass, field, asdict
 from typing import Callable
 import numpy as np
@@ -14,7 +14,7 @@ import numpy as np
 from .generate import Job
 from .utilization import UTILIZATIONS
 
-# %% ../nbs/10_recipes.ipynb #83e715a9
+# %% ../nbs/10_recipes.ipynb #d352c3ef
 TASK_TYPES = ('coarse', 'fine', 'medical')
 
 def check_task(task:str)->str:
@@ -22,7 +22,7 @@ def check_task(task:str)->str:
     if task not in TASK_TYPES: raise ValueError(f"task type: expected one of {TASK_TYPES}, got {task!r}")
     return task
 
-# %% ../nbs/10_recipes.ipynb #0182250b
+# %% ../nbs/10_recipes.ipynb #8f29f0e1
 def job_seed(seed:int, # the experiment seed
              source_index:int, # index of the real image in the training set
              variant:int # variant number j (0..M-1)
@@ -34,7 +34,7 @@ def job_id(method:str, source_index:int, variant:int)->str:
     "The stable id of variant `variant` of real image `source_index` made by `method`."
     return f"{method}-{int(source_index):06d}-{int(variant):02d}"
 
-# %% ../nbs/10_recipes.ipynb #d2b804a8
+# %% ../nbs/10_recipes.ipynb #ef99da57
 @dataclass
 class Recipe:
     "A DiffDA method: one choice per stage, its defaults, and the hook that makes its generation jobs."
@@ -49,6 +49,7 @@ class Recipe:
     strength: dict = field(default_factory=dict) # default SDEdit strength per task type
     prompt: str = 'a photo of a {name}' # prompt template ({name}: the class's prompt name, {metaclass})
     make_jobs: Callable = None # hook(train_set, params: dict, seed: int) -> list[Job]
+    finetune_defaults: dict = field(default_factory=dict) # stage ① settings (fields of `finetune.TIConfig`, ...)
     notes: str = ''
 
     def __post_init__(self):
@@ -63,10 +64,12 @@ class Recipe:
     def params(self, task:str='coarse', **overrides)->dict:
         "The method's full parameter set for a task type: defaults, then `overrides` (None values ignored)."
         p = dict(multiplier=self.multiplier, strength=self.default_strength(task), prompt=self.prompt, p=self.p,
-                 utilization=self.utilization, steps=25, guidance=7.5)
-        unknown = set(overrides) - set(p) - {'extra'}
+                 utilization=self.utilization, steps=25, guidance=7.5, finetune=dict(self.finetune_defaults), card=None)
+        unknown = set(overrides) - set(p)
         if unknown: raise ValueError(f"method {self.name!r}: unknown parameter(s) {sorted(unknown)}; known: {sorted(p)}")
+        ft = overrides.pop('finetune', None) or {}
         p.update({k: v for k, v in overrides.items() if v is not None})
+        p['finetune'].update(ft)
         return p
 
     def jobs(self, train_set, task:str='coarse', seed:int=0, **overrides)->list:
@@ -74,7 +77,7 @@ class Recipe:
         if self.generation == 'none': return []
         return self.make_jobs(train_set, self.params(task, **overrides), seed)
 
-# %% ../nbs/10_recipes.ipynb #fcf9b4d8
+# %% ../nbs/10_recipes.ipynb #cb85fe85
 METHODS = {}
 
 def _key(name:str)->str: return str(name).strip().lower().replace('-', '_').replace(' ', '_')
@@ -97,9 +100,9 @@ def import_methods():
     import diffda_nb.methods as pkg
     for m in pkgutil.iter_modules(pkg.__path__): importlib.import_module(f'{pkg.__name__}.{m.name}')
 
-BASELINE = register(Recipe('baseline', 'Baseline (real images only)', notes='No fine-tuning, no generation: the reference every method is compared with.'))
+BASELINE = register(Recipe('baseline', 'Baseline', notes='Real images only: no fine-tuning, no generation. The reference every method is compared with.'))
 
-# %% ../nbs/10_recipes.ipynb #ba3dcdc2
+# %% ../nbs/10_recipes.ipynb #1a5d19d8
 def format_prompt(template:str, train_set, label:int)->str:
     "Fill a prompt template with the class's prompt name (`{name}`) and the dataset's meta-class (`{metaclass}`)."
     names = getattr(train_set, 'prompt_names', None) or train_set.classes
@@ -132,7 +135,7 @@ def sdedit_jobs(train_set, # the real training images (`data.ImageDataset`)
                             extra=dict(variant=j)))
     return jobs
 
-# %% ../nbs/10_recipes.ipynb #fde98504
+# %% ../nbs/10_recipes.ipynb #e3fcd0d1
 def methods_table()->str:
     "A markdown table of the registered methods and their stage choices."
     import_methods()

@@ -86,3 +86,22 @@ def test_docs_render(scratch):
         html, _ = HTMLExporter().from_notebook_node(nb)
         assert '<html' in html and len(html) > 1000, p.name
         assert 'Traceback (most recent call last)' not in html, f'{p.name}: a doc cell raised'
+
+def _cell_directives(src):
+    return {l[2:].strip().split(':')[0].split()[0] for l in src.splitlines() if l.startswith('#|') and l[2:].strip()}
+
+def test_import_cells_hold_only_imports():
+    "Docs builds run every cell containing an import (even one nested in a function): such cells must hold imports only."
+    import ast, json
+    bad = []
+    for nbf in sorted((ROOT/'nbs').glob('*.ipynb')):
+        for i, c in enumerate(json.loads(nbf.read_text())['cells']):
+            if c['cell_type'] != 'code': continue
+            src = ''.join(c['source'])
+            if _cell_directives(src) & {'export', 'exports', 'exporti', 'default_exp'} or 'eval: false' in src: continue
+            try: tree = ast.parse('\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!'))))
+            except SyntaxError: continue
+            if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree)) and \
+               not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body):
+                bad.append(f'{nbf.name} cell {i}: {src.splitlines()[0][:60]!r}')
+    assert not bad, 'cells mixing imports with other code (split them):\n' + '\n'.join(bad)

@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['DA_FUSION_STRENGTHS', 'DA_FUSION', 'da_fusion_jobs']
 
-# %% ../../nbs/12_da_fusion.ipynb #aad2d93d
+# %% ../../nbs/12_da_fusion.ipynb #8d30d600
 from ..recipes import Recipe, register, sdedit_jobs
 
-# %% ../../nbs/12_da_fusion.ipynb #7446f9ec
+# %% ../../nbs/12_da_fusion.ipynb #b3536d9b
 DA_FUSION_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
 
 def da_fusion_jobs(train_set, # the real training images (`data.ImageDataset`)

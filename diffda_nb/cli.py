@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['demo_config', 'sdedit_grid', 'real_vs_synthetic', 'demo', 'build_parser', 'main']
 
-# %% ../nbs/40_cli.ipynb #2cf9cd63
+# %% ../nbs/40_cli.ipynb #776eed5f
 import argparse, os, sys, time
 from dataclasses import replace
 from pathlib import Path
 
-# %% ../nbs/40_cli.ipynb #b5a7fb16
+# %% ../nbs/40_cli.ipynb #e31f25b3
 def demo_config(out:str='demo_out', model:str='tiny', seeds=(0, 1), shots:int=10, epochs:int=15)->list:
     "The demo's two experiments (baseline and Real Guidance) as `ExperimentConfig`s."
     from diffda_nb.protocol import ExperimentConfig, DataConfig, MethodConfig, GeneratorConfig, ClassifierConfig
@@ -67,7 +67,7 @@ def demo(out:str='demo_out', # folder for runs, pictures and the results table
     pics = [real_vs_synthetic(runs[1], out/'real_vs_synthetic.png'), sdedit_grid(out, model)]
     return dict(table=table, runs=runs, pictures=[str(p) for p in pics], seconds=round(time.time() - t0, 1))
 
-# %% ../nbs/40_cli.ipynb #4a7eab77
+# %% ../nbs/40_cli.ipynb #ecbe5871
 _TINY_NOTE = ("note: the embedded default generator is the tiny Stable-Diffusion-architecture pipeline with RANDOM weights "
               "(DiffDA-Mini, the trained small world, will replace it). Its synthetic images carry no knowledge of the classes: "
               "the table shows what they do to the classifier, not what Stable Diffusion would do.")

@@ -6,7 +6,7 @@
 __all__ = ['TASK_TYPES', 'METHODS', 'BASELINE', 'check_task', 'job_seed', 'job_id', 'Recipe', 'register', 'get_recipe',
            'import_methods', 'format_prompt', 'sdedit_jobs', 'methods_table']
 
-# %% ../nbs/10_recipes.ipynb #9eb14a25
+# %% ../nbs/10_recipes.ipynb #39cdcd4c
 from dataclasses import dataclass, field, asdict
 from typing import Callable
 import numpy as np
@@ -14,7 +14,7 @@ import numpy as np
 from .generate import Job
 from .utilization import UTILIZATIONS
 
-# %% ../nbs/10_recipes.ipynb #d352c3ef
+# %% ../nbs/10_recipes.ipynb #cfe6ffed
 TASK_TYPES = ('coarse', 'fine', 'medical')
 
 def check_task(task:str)->str:
@@ -22,7 +22,7 @@ def check_task(task:str)->str:
     if task not in TASK_TYPES: raise ValueError(f"task type: expected one of {TASK_TYPES}, got {task!r}")
     return task
 
-# %% ../nbs/10_recipes.ipynb #8f29f0e1
+# %% ../nbs/10_recipes.ipynb #c9e3d8fc
 def job_seed(seed:int, # the experiment seed
              source_index:int, # index of the real image in the training set
              variant:int # variant number j (0..M-1)
@@ -34,7 +34,7 @@ def job_id(method:str, source_index:int, variant:int)->str:
     "The stable id of variant `variant` of real image `source_index` made by `method`."
     return f"{method}-{int(source_index):06d}-{int(variant):02d}"
 
-# %% ../nbs/10_recipes.ipynb #ef99da57
+# %% ../nbs/10_recipes.ipynb #b96695ad
 @dataclass
 class Recipe:
     "A DiffDA method: one choice per stage, its defaults, and the hook that makes its generation jobs."
@@ -77,7 +77,7 @@ class Recipe:
         if self.generation == 'none': return []
         return self.make_jobs(train_set, self.params(task, **overrides), seed)
 
-# %% ../nbs/10_recipes.ipynb #cb85fe85
+# %% ../nbs/10_recipes.ipynb #43853da9
 METHODS = {}
 
 def _key(name:str)->str: return str(name).strip().lower().replace('-', '_').replace(' ', '_')
@@ -102,7 +102,7 @@ def import_methods():
 
 BASELINE = register(Recipe('baseline', 'Baseline', notes='Real images only: no fine-tuning, no generation. The reference every method is compared with.'))
 
-# %% ../nbs/10_recipes.ipynb #1a5d19d8
+# %% ../nbs/10_recipes.ipynb #d18dc1d3
 def format_prompt(template:str, train_set, label:int)->str:
     "Fill a prompt template with the class's prompt name (`{name}`) and the dataset's meta-class (`{metaclass}`)."
     names = getattr(train_set, 'prompt_names', None) or train_set.classes
@@ -135,7 +135,7 @@ def sdedit_jobs(train_set, # the real training images (`data.ImageDataset`)
                             extra=dict(variant=j)))
     return jobs
 
-# %% ../nbs/10_recipes.ipynb #e3fcd0d1
+# %% ../nbs/10_recipes.ipynb #4d1e68d1
 def methods_table()->str:
     "A markdown table of the registered methods and their stage choices."
     import_methods()

@@ -70,14 +70,18 @@ def test_ci_runs_the_readme_test_command():
 def test_docs_render(scratch):
     "Docs smoke test: nbdev processes every notebook (runs show_doc cells) and nbconvert renders each to HTML."
     from nbdev.serve import proc_nbs
+    from nbdev.config import get_config
     from nbconvert import HTMLExporter
     import nbformat
     cwd = os.getcwd()
     try:
         os.chdir(scratch)
-        proc_nbs(path=scratch/'nbs', n_workers=0)
-    finally: os.chdir(cwd)
-    procd = sorted((scratch/'_proc').rglob('*.ipynb'))
+        get_config.cache_clear()  # the notebook tests cached the repository's config; process the scratch copy
+        cache = proc_nbs(path=scratch/'nbs', n_workers=0, force=True)
+    finally:
+        os.chdir(cwd); get_config.cache_clear()
+    assert Path(cache).resolve() == (scratch/'_proc').resolve(), cache
+    procd = sorted(Path(cache).rglob('*.ipynb'))
     src = [p for p in (scratch/'nbs').rglob('*.ipynb') if not any(x.startswith(('_', '.')) for x in p.relative_to(scratch/'nbs').parts)]
     assert len(procd) == len(src), f'processed {len(procd)} of {len(src)} notebooks'
     for p in procd:

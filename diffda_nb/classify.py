@@ -20,7 +20,7 @@ import torchvision
 from torchvision.transforms import v2 as T
 from PIL import Image
 
-from .core import seed_everything, pick_device, pick_dtype, to_rgb
+from .core import seed_everything, pick_device, pick_dtype, to_rgb, env_flag
 
 # %% ../nbs/21_classifier.ipynb #ddce347e
 from .utilization import soft_cross_entropy
@@ -48,7 +48,7 @@ _OFFLINE_VARS = ('DIFFDA_OFFLINE', 'HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE')
 
 def _offline()->bool:
     "True when an environment variable says downloads are off."
-    return any(os.environ.get(v, '').strip().lower() in ('1', 'true', 'yes', 'on') for v in _OFFLINE_VARS)
+    return env_flag(*_OFFLINE_VARS)
 
 def _head_name(model:nn.Module)->str:
     "Name of the classification head: the last `nn.Linear` registered in the model."

@@ -20,7 +20,7 @@ import torch
 from fastcore.basics import patch
 from PIL import Image
 
-from .core import load_image, to_rgb, show_images, write_json, atomic_write
+from .core import load_image, to_rgb, show_images, write_json, atomic_write, cache_root
 
 # %% ../nbs/03_data.ipynb #0ca4f909
 _log = logging.getLogger('diffda_nb.data')
@@ -381,7 +381,7 @@ _IDX_FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'), '
 
 def data_cache()->Path:
     "Where downloaded data goes: `$DIFFDA_CACHE/data`, default `~/.cache/diffda_nb/data`."
-    return Path(os.environ.get('DIFFDA_CACHE') or Path.home()/'.cache'/'diffda_nb').expanduser()/'data'
+    return cache_root()/'data'
 
 def _check_split(split):
     if split not in ('train', 'test'): raise ValueError(f"split must be 'train' or 'test', got {split!r}")

@@ -17,7 +17,7 @@ from diffusers import (AutoencoderKL, UNet2DConditionModel, DiffusionPipeline, D
                        StableDiffusionPipeline)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .core import atomic_write, pick_device, pick_dtype, sample_photos, show_images
+from .core import atomic_write, cache_root, env_flag, pick_device, pick_dtype, sample_photos, show_images
 
 # %% ../nbs/02_models.ipynb #3a7f9ecb
 _CLIP_CONTEXT = 77
@@ -28,9 +28,6 @@ def _byte_chars()->list:
     others = [b for b in range(256) if b not in set(printable)]
     return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
 
-def _cache_root()->Path:
-    "Root of diffda_nb's cache: `$DIFFDA_CACHE` if set, else `~/.cache/diffda_nb`."
-    return Path(os.environ.get('DIFFDA_CACHE') or Path.home() / '.cache' / 'diffda_nb').expanduser()
 
 def _write_clip_files(folder:Path):
     "Convert open_clip's bundled BPE table into `vocab.json`, `merges.txt` and a tokenizer config in `folder`."
@@ -49,7 +46,7 @@ def _write_clip_files(folder:Path):
 def clip_tokenizer(cache_dir=None # folder for the converted files (default `$DIFFDA_CACHE` or `~/.cache/diffda_nb`, + `/clip_tokenizer`)
                   )->CLIPTokenizer:
     "CLIP's real BPE tokenizer (SD 1.x's), built offline from open_clip's bundled vocabulary; a fresh object per call."
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else _cache_root() / 'clip_tokenizer'
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / 'clip_tokenizer'
     if not all((folder / n).exists() for n in ('vocab.json', 'merges.txt', 'tokenizer_config.json')): _write_clip_files(folder)
     return CLIPTokenizer.from_pretrained(str(folder))
 
@@ -174,8 +171,7 @@ def _pipeline_class(class_name:str, kind:str, where:str='model'):
 def _offline()->bool:
     "Whether Hugging Face offline mode is on (HF_HUB_OFFLINE read now, not at import)."
     from huggingface_hub import constants
-    v = os.environ.get('HF_HUB_OFFLINE')
-    return v.strip().lower() in ('1', 'true', 'yes', 'on') if v is not None else bool(constants.HF_HUB_OFFLINE)
+    return env_flag('HF_HUB_OFFLINE') if 'HF_HUB_OFFLINE' in os.environ else bool(constants.HF_HUB_OFFLINE)
 
 def _unavailable(model:str, repo:str, why:str)->ModelNotAvailableError:
     from huggingface_hub import constants

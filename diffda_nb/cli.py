@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['demo_config', 'sdedit_grid', 'real_vs_synthetic', 'demo', 'build_parser', 'main']
 
-# %% ../nbs/40_cli.ipynb #776eed5f
+# %% ../nbs/40_cli.ipynb #61270f6b
 import argparse, os, sys, time
 from dataclasses import replace
 from pathlib import Path
 
-# %% ../nbs/40_cli.ipynb #e31f25b3
-def demo_config(out:str='demo_out', model:str='tiny', seeds=(0, 1), shots:int=10, epochs:int=15)->list:
+# %% ../nbs/40_cli.ipynb #2ed9ef9f
+def demo_config(out:str='demo_out', model:str='mini', seeds=(0, 1), shots:int=10, epochs:int=15)->list:
     "The demo's two experiments (baseline and Real Guidance) as `ExperimentConfig`s."
     from diffda_nb.protocol import ExperimentConfig, DataConfig, MethodConfig, GeneratorConfig, ClassifierConfig
     common = dict(out_dir=str(Path(out)/'runs'), seeds=list(seeds), data=DataConfig('fashion_mnist_mini', shots=shots),
@@ -20,21 +20,34 @@ def demo_config(out:str='demo_out', model:str='tiny', seeds=(0, 1), shots:int=10
     return [ExperimentConfig(name=f'fmnist-{shots}shot-baseline', method=MethodConfig('baseline'), **common),
             ExperimentConfig(name=f'fmnist-{shots}shot-real_guidance', method=MethodConfig('real_guidance', multiplier=2), **common)]
 
-def sdedit_grid(out, model:str='tiny', strengths=(0.3, 0.6, 0.9), steps:int=10, size:int=None, seed:int=0, device=None)->Path:
-    "SDEdit three real photos at several strengths into one PNG (rows: photos; columns: real, then each strength)."
-    from diffda_nb.core import sample_photos, grid_image, save_image, make_generator, pick_device
+def _grid_sources(model:str)->tuple:
+    "(images, prompts, generation size) of the SDEdit grid: Fashion-MNIST edited to other classes for Mini, photos otherwise."
+    from diffda_nb.core import sample_photos
+    if model != 'mini':
+        return sample_photos(), ['a photo of a person', 'a photo of a gift box', 'an MRI scan'], 64 if model == 'tiny' else 512
+    from diffda_nb.data import load_dataset
+    ds = load_dataset('fashion_mnist_mini', 'test')
+    pick = {'t-shirt': 'dress', 'trouser': 'bag', 'sneaker': 'sandal'}
+    images = [ds.image(ds.labels.index(ds.prompt_names.index(a))) for a in pick]
+    return images, [f'a photo of a {b}' for b in pick.values()], 32
+
+def sdedit_grid(out, model:str='mini', strengths=(0.3, 0.6, 0.9), steps:int=10, size:int=None, seed:int=0, device=None)->Path:
+    "SDEdit three real images at several strengths into one PNG (rows: images; columns: real, then each strength; cells 64 px at least)."
+    from diffda_nb.core import grid_image, save_image, make_generator, pick_device
     from diffda_nb.models import load_sd
     strengths = [float(s) for s in strengths]
     bad = [s for s in strengths if not 0 < s <= 1]
     if bad: raise ValueError(f"strengths must be in (0, 1], got {bad}")
     dev = pick_device(device); pipe = load_sd(model, kind='img2img', device=dev)
-    size = size or (64 if model == 'tiny' else 512)
+    pipe.set_progress_bar_config(disable=True)
+    photos, prompts, native = _grid_sources(model)
+    size = size or native; show = max(size, 64)
     rows = []
-    for photo, prompt in zip(sample_photos(), ['a photo of a person', 'a photo of a gift box', 'an MRI scan']):
-        photo = photo.resize((size, size))
+    for photo, prompt in zip(photos, prompts):
+        photo = photo.convert('RGB').resize((size, size))
         rows += [photo] + [pipe(prompt=prompt, image=photo, strength=s, num_inference_steps=steps,
                                 generator=make_generator(seed, dev)).images[0] for s in strengths]
-    return save_image(grid_image(rows, ncols=len(strengths) + 1), Path(out)/'sdedit_grid.png')
+    return save_image(grid_image([r.resize((show, show), 0) for r in rows], ncols=len(strengths) + 1), Path(out)/'sdedit_grid.png')
 
 def real_vs_synthetic(run_dir, out_png, n:int=6)->Path:
     "A picture of the first `n` real training images of a run (its first seed) above their synthetic variants."
@@ -53,7 +66,7 @@ def real_vs_synthetic(run_dir, out_png, n:int=6)->Path:
     return save_image(grid_image(rows, ncols=len(cols)), out_png)
 
 def demo(out:str='demo_out', # folder for runs, pictures and the results table
-         model:str='tiny', # 'tiny' (embedded default, random weights), a local diffusers folder or a hub id
+         model:str='mini', # 'mini' (embedded default: DiffDA-Mini), 'tiny' (random weights), a local diffusers folder or a hub id
          seeds=(0, 1), # one experiment per seed
          epochs:int=15, # classifier epochs
          progress:bool=True)->dict:
@@ -67,10 +80,10 @@ def demo(out:str='demo_out', # folder for runs, pictures and the results table
     pics = [real_vs_synthetic(runs[1], out/'real_vs_synthetic.png'), sdedit_grid(out, model)]
     return dict(table=table, runs=runs, pictures=[str(p) for p in pics], seconds=round(time.time() - t0, 1))
 
-# %% ../nbs/40_cli.ipynb #ecbe5871
-_TINY_NOTE = ("note: the embedded default generator is the tiny Stable-Diffusion-architecture pipeline with RANDOM weights "
-              "(DiffDA-Mini, the trained small world, will replace it). Its synthetic images carry no knowledge of the classes: "
-              "the table shows what they do to the classifier, not what Stable Diffusion would do.")
+# %% ../nbs/40_cli.ipynb #e52f88b0
+_TINY_NOTE = ("note: 'tiny' is the Stable-Diffusion-architecture pipeline with RANDOM weights. Its synthetic images carry no "
+              "knowledge of the classes: the table shows what they do to the classifier, not what a trained generator would do "
+              "(the default, 'mini', is a trained one).")
 
 def _load(a):
     from diffda_nb.protocol import load_config, MethodConfig
@@ -114,6 +127,14 @@ def _cmd_demo(a):
     print(f"wrote {a.out}/results.md, {', '.join(res['pictures'])} in {res['seconds']} s")
     return 0
 
+def _cmd_mini(a):
+    from diffda_nb.mini import train_mini, publish_mini
+    log = train_mini(a.out, a.variant, device=a.device, progress=not a.quiet, dataset=a.dataset)
+    print((Path(a.out)/'README.md').read_text())
+    print(f"trained in {log['train_seconds'] / 60:.1f} min on {log['hardware']}; the world is in {a.out}")
+    if a.publish: print(f"installed into {publish_mini(a.out)} (load_sd('mini') now loads it)")
+    return 0
+
 def build_parser()->argparse.ArgumentParser:
     "The `diffda` argument parser (one sub-command per job)."
     p = argparse.ArgumentParser(prog='diffda', description='Diffusion-based data augmentation: fine-tune → generate → utilize.')
@@ -137,16 +158,28 @@ def build_parser()->argparse.ArgumentParser:
     add('methods', 'list the registered methods and their stage choices', _cmd_methods)
     d = add('demo', 'offline few-shot experiment on CPU: baseline vs Real Guidance on Fashion-MNIST, 2 seeds', _cmd_demo)
     d.add_argument('--out', default='demo_out', help='output folder (default: %(default)s)')
-    d.add_argument('--model', default='tiny', help="generator: 'tiny' (default), a diffusers folder or a hub id")
+    d.add_argument('--model', default='mini', help="generator: 'mini' (default, DiffDA-Mini), 'tiny' (random weights), a diffusers folder or a hub id")
     d.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
     d.add_argument('--epochs', type=int, default=15)
+    m = add('train-mini', 'train the DiffDA-Mini world (resumable): VAE, text encoder + UNet, CLIP, feature net; measure it; write its card', _cmd_mini)
+    m.add_argument('out', help='working folder (rerun the same command to resume)')
+    m.add_argument('--variant', default='cpu', choices=['cpu', 'gpu', 'smoke'], help="recipe: 'cpu' (2 cores, < 1 h), 'gpu' (one GPU), 'smoke' (seconds, meaningless weights)")
+    m.add_argument('--device', help='default: the best available')
+    m.add_argument('--dataset', default='fashion_mnist', help="'fashion_mnist' (default) or 'fashion_mnist_mini' (the 1,500 shipped images)")
+    m.add_argument('--publish', action='store_true', help="install the result into the package (replaces the shipped world)")
     return p
+
+def _quiet_loading():
+    "Silence the model-loading progress bars of diffusers and transformers (for `--quiet`)."
+    import diffusers.utils.logging, transformers.utils.logging
+    diffusers.utils.logging.disable_progress_bar(); transformers.utils.logging.disable_progress_bar()
 
 def main(argv=None # arguments (default: sys.argv[1:])
         )->int:
     "Entry point of the `diffda` console command; returns the exit status."
     p = build_parser(); a = p.parse_args(argv)
     if not getattr(a, 'func', None): p.print_help(); return 2
+    if getattr(a, 'quiet', False): _quiet_loading()
     try: return a.func(a)
     except (ValueError, FileNotFoundError, OSError, TypeError, KeyError) as e:
         if os.environ.get('DIFFDA_DEBUG'): raise

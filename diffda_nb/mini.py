@@ -10,7 +10,7 @@ __all__ = ['MINI_SIZE', 'HELD_OUT', 'MINI_TEMPLATES', 'MINI_MAX_MB', 'MINI_RECIP
            'mini_quality', 'save_generator', 'save_clip', 'save_feature_net', 'load_mini_clip', 'load_feature_net',
            'train_mini', 'weights_mb', 'write_card', 'publish_mini', 'sdedit_images', 'sample_grid', 'plot_training']
 
-# %% ../nbs/32_mini.ipynb #71d7f5b7
+# %% ../nbs/32_mini.ipynb #54038356
 import json, math, platform, shutil, time
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
@@ -34,7 +34,7 @@ from .data import FASHION_MNIST_PROMPT_NAMES, load_dataset
 from .generate import Job, generate_arrays
 from .models import clip_tokenizer, load_sd, mini_path, _SD_SCHEDULER, _CLIP_CONTEXT
 
-# %% ../nbs/32_mini.ipynb #7ac6df40
+# %% ../nbs/32_mini.ipynb #66086012
 MINI_SIZE = 32  # pixels: Fashion-MNIST's 28×28 padded by 2 on each side
 HELD_OUT = ('shirt', 'ankle boot')  # prompt names of the classes the generator and the CLIP never see
 MINI_TEMPLATES = ('a photo of a {}', 'a {}', 'a picture of a {}', 'a black and white photo of a {}',
@@ -79,7 +79,7 @@ def mini_captions(labels, # int class labels
     t = rng.integers(len(templates), size=len(labels))
     return [templates[j].format(names[int(l)]) for j, l in zip(t, labels)]
 
-# %% ../nbs/32_mini.ipynb #f8b6b917
+# %% ../nbs/32_mini.ipynb #e040500a
 @dataclass
 class MiniRecipe:
     "How long and how hard each Mini model trains (the architectures are fixed, so every variant ships the same files)."
@@ -102,7 +102,7 @@ MINI_RECIPES = {
                         feat_epochs=1, feat_batch=32, per_class=8, eval_per_class=2),  # seconds: tests the code path only
 }
 
-# %% ../nbs/32_mini.ipynb #a1eec382
+# %% ../nbs/32_mini.ipynb #055ba5ac
 def _nparams(m)->int: return sum(p.numel() for p in m.parameters())
 
 def mini_vae()->'AutoencoderKL':
@@ -124,7 +124,7 @@ def mini_unet()->'UNet2DConditionModel':
                                 down_block_types=('DownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'),
                                 up_block_types=('CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'UpBlock2D'))
 
-# %% ../nbs/32_mini.ipynb #f749dd9d
+# %% ../nbs/32_mini.ipynb #e6f003df
 MINI_CLIP_CONFIG = dict(embed_dim=64,
                         vision_cfg=dict(image_size=MINI_SIZE, layers=3, width=64, patch_size=4, head_width=32, mlp_ratio=2.0),
                         text_cfg=dict(context_length=20, vocab_size=49408, width=32, heads=4, layers=2, mlp_ratio=2.0),
@@ -147,7 +147,7 @@ class FeatureNet(nn.Module):
     def features(self, x): return self.body(x.mean(1, keepdim=True))
     def forward(self, x): return self.head(self.features(x))
 
-# %% ../nbs/32_mini.ipynb #13c14b1b
+# %% ../nbs/32_mini.ipynb #cf19f048
 def _lr_at(step:int, steps:int, lr:float, warmup:int=None)->float:
     "Linear warm-up then cosine decay to 5% of `lr`."
     warmup = warmup if warmup is not None else max(1, min(200, steps // 20))
@@ -200,7 +200,7 @@ def _fit(model:nn.Module, # trained in place (all its parameters)
 
 def _batch(n:int, size:int, gen)->torch.Tensor: return torch.randint(n, (size,), generator=gen)
 
-# %% ../nbs/32_mini.ipynb #5779bd48
+# %% ../nbs/32_mini.ipynb #2acdf595
 def train_vae(images:torch.Tensor, # N×3×32×32 in [-1, 1]
               recipe:MiniRecipe, device='cpu', ckpt=None, progress:bool=True)->tuple:
     "Train the Mini VAE (L1 + L2 reconstruction + a small KL); set its `scaling_factor` to 1/std of the latents. Returns (vae, log)."
@@ -220,7 +220,7 @@ def train_vae(images:torch.Tensor, # N×3×32×32 in [-1, 1]
     log['scaling_factor'] = vae.config.scaling_factor
     return vae, log
 
-# %% ../nbs/32_mini.ipynb #5bdf0784
+# %% ../nbs/32_mini.ipynb #ee814d69
 class _Generator(nn.Module):
     "Text encoder + UNet trained together on ε-prediction (SD's objective), with caption dropout for classifier-free guidance."
     def __init__(self, text_encoder, unet): super().__init__(); self.text_encoder, self.unet = text_encoder, unet
@@ -263,7 +263,7 @@ def encode_latents(vae, images:torch.Tensor, device='cpu', batch:int=512)->tuple
         mus.append((post.mean * s).cpu()); sds.append((post.std * s).cpu())
     return torch.cat(mus), torch.cat(sds)
 
-# %% ../nbs/32_mini.ipynb #34d54912
+# %% ../nbs/32_mini.ipynb #42fb4789
 def train_clip(images:torch.Tensor, labels, recipe:MiniRecipe, device='cpu', ckpt=None, progress:bool=True, names=FASHION_MNIST_PROMPT_NAMES)->tuple:
     "Train the Mini CLIP contrastively on (image, caption) pairs; pairs of the same class are not counted as negatives."
     torch.manual_seed(recipe.seed)
@@ -302,7 +302,7 @@ def train_feature_net(images:torch.Tensor, labels, recipe:MiniRecipe, device='cp
     log = _fit(net, loss_fn, steps, recipe.feat_lr, recipe.seed + 3, 'feature net', ckpt, progress=progress, weight_decay=5e-4)
     return net, log
 
-# %% ../nbs/32_mini.ipynb #a9a956ba
+# %% ../nbs/32_mini.ipynb #7d824f98
 @torch.no_grad()
 def _batched(fn, x:torch.Tensor, device, batch:int=512)->torch.Tensor:
     return torch.cat([fn(x[i:i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
@@ -336,7 +336,7 @@ def clip_zero_shot(model, tokenizer, images:torch.Tensor, labels, names=FASHION_
     img = _batched(lambda x: F.normalize(model.encode_image(x), dim=-1), images, device)
     return (img @ F.normalize(text, dim=-1).cpu().T).argmax(1).numpy()
 
-# %% ../nbs/32_mini.ipynb #da8ec5c1
+# %% ../nbs/32_mini.ipynb #1a739c9a
 @torch.no_grad()
 def text_to_image(pipe, # a txt2img pipeline (`load_sd('mini', kind='txt2img')`)
                   prompts:list, n:int=1, # images per prompt
@@ -400,7 +400,7 @@ def mini_quality(folder=None, # a trained Mini world (default: the shipped one)
                                    class_kept_held_out=round(float((rp == yt[sub])[np.isin(yt[sub], unseen)].mean()), 4))
     return q
 
-# %% ../nbs/32_mini.ipynb #9316ec59
+# %% ../nbs/32_mini.ipynb #cb7f9da8
 def _replace_dir(tmp:Path, dest:Path):
     "Move the finished folder `tmp` to `dest` (replacing it): readers never see a half-written model."
     old = dest.with_name(dest.name + '.old')
@@ -438,7 +438,7 @@ def save_feature_net(net:FeatureNet, folder, classes)->Path:
     _replace_dir(tmp, folder)
     return folder
 
-# %% ../nbs/32_mini.ipynb #7a5ca4d4
+# %% ../nbs/32_mini.ipynb #547ca20d
 def _need(folder:Path, what:str, files)->Path:
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
@@ -463,7 +463,7 @@ def load_feature_net(folder=None, # a folder written by `save_feature_net` (defa
     net.classes = cfg['classes']
     return net.to(device).eval()
 
-# %% ../nbs/32_mini.ipynb #4b923859
+# %% ../nbs/32_mini.ipynb #63ae0405
 def _hardware(device)->str:
     if str(device).startswith('cuda'): return torch.cuda.get_device_name(torch.device(device))
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -517,7 +517,7 @@ def train_mini(out, # working folder: one sub-folder per finished stage, so a re
     write_json(log, logf); write_card(out)
     return log
 
-# %% ../nbs/32_mini.ipynb #de9b9aed
+# %% ../nbs/32_mini.ipynb #5e23fa0d
 def weights_mb(folder)->float:
     "Total size in MB of the `.safetensors` files under `folder`."
     return sum(p.stat().st_size for p in Path(folder).rglob('*.safetensors')) / 1e6
@@ -583,7 +583,7 @@ def publish_mini(out, # a finished `train_mini` folder
     _replace_dir(tmp, dest)
     return dest
 
-# %% ../nbs/32_mini.ipynb #953b5e9d
+# %% ../nbs/32_mini.ipynb #e9112711
 def sdedit_images(pipe, # an img2img pipeline (`load_sd('mini')`)
                   images, # sources: uint8 arrays, PIL images or a tensor (see `to_mini_tensor`)
                   prompt:str, strength:float, seed:int=0, steps:int=25, guidance:float=7.5)->torch.Tensor:

@@ -7,7 +7,7 @@ __all__ = ['EXAMPLE_METHODS', 'DataConfig', 'MethodConfig', 'GeneratorConfig', '
            'ExperimentConfig', 'config_from_dict', 'load_config', 'save_config', 'resolve', 'check_config',
            'fingerprint', 'run_experiment', 'results_table', 'unidiffda_configs', 'write_example_configs']
 
-# %% ../nbs/30_protocol.ipynb #dfefbbc3
+# %% ../nbs/30_protocol.ipynb #d1b4474e
 import hashlib, json, math, shutil, time
 from dataclasses import dataclass, field, asdict, fields, is_dataclass, replace
 from pathlib import Path
@@ -19,7 +19,7 @@ from .core import write_json, atomic_write, seed_everything, pick_device
 from .recipes import get_recipe, TASK_TYPES, check_task
 from .utilization import UTILIZATIONS
 
-# %% ../nbs/30_protocol.ipynb #e38cf441
+# %% ../nbs/30_protocol.ipynb #f7ac8add
 @dataclass
 class DataConfig:
     "Which real data: a dataset (built-in name or image folder), shots per class, task type."
@@ -77,7 +77,7 @@ class ExperimentConfig:
     out_dir: str = 'runs'
     notes: str = ''
 
-# %% ../nbs/30_protocol.ipynb #71484dde
+# %% ../nbs/30_protocol.ipynb #1e340098
 _SECTIONS = dict(data=DataConfig, method=MethodConfig, generator=GeneratorConfig, classifier=ClassifierConfig, utilization=UtilizationConfig)
 
 def config_from_dict(d:dict, # the parsed YAML
@@ -115,7 +115,7 @@ def save_config(cfg:ExperimentConfig, path)->Path:
     with atomic_write(path) as f: yaml.safe_dump(asdict(cfg), f, sort_keys=False)
     return Path(path)
 
-# %% ../nbs/30_protocol.ipynb #24f73be3
+# %% ../nbs/30_protocol.ipynb #757d556e
 def resolve(cfg:ExperimentConfig)->dict:
     "The method's parameters and utilization after applying the task type's defaults and the config's overrides."
     check_task(cfg.data.task)
@@ -153,7 +153,7 @@ def check_config(cfg:ExperimentConfig)->dict:
     if cfg.classifier.pretrained is True: notes.append('classifier.pretrained: torchvision ImageNet weights must be cached or downloadable (or give a local file)')
     return dict(method=r['recipe'].name, params=r['params'], utilization=r['strategy'], p=r['p'], notes=notes)
 
-# %% ../nbs/30_protocol.ipynb #3517364e
+# %% ../nbs/30_protocol.ipynb #98a5a6e9
 def fingerprint(*parts)->str:
     "A short stable hash of JSON-able parts (dataclasses allowed)."
     norm = [asdict(p) if is_dataclass(p) else p for p in parts]
@@ -175,7 +175,7 @@ def _stage_done(folder:Path, fp:str, force:bool, what:str)->bool:
 def _mark_done(folder:Path, fp:str, **info):
     write_json(dict(fingerprint=fp, finished=time.strftime('%Y-%m-%d %H:%M:%S'), **info), folder/'stage.json')
 
-# %% ../nbs/30_protocol.ipynb #06de90ed
+# %% ../nbs/30_protocol.ipynb #24662ec8
 def _load_data(cfg:ExperimentConfig):
     from diffda_nb.data import load_dataset
     train_full = load_dataset(cfg.data.name, 'train', root=cfg.data.root)
@@ -209,7 +209,8 @@ def _finetune(cfg, r, train, seed, folder:Path, force:bool)->tuple:
     if _stage_done(ft, fp, force, 'fine-tuning'): return ft, 0.0
     t0 = time.time()
     pipe = load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype)
-    settings = dict(resolution=_gen_size(cfg) or 512, seed=seed, device=cfg.generator.device, **r['params']['finetune'])
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor  # 512 for SD 1.5, 768 for SD 2.1, 32 for 'mini'
+    settings = dict(resolution=_gen_size(cfg) or native, seed=seed, device=cfg.generator.device, **r['params']['finetune'])
     getattr(finetune, _FINETUNERS[kind])(pipe, train, settings, out_dir=ft)
     _mark_done(ft, fp)
     return ft, time.time() - t0
@@ -286,7 +287,7 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
     with atomic_write(run/'results.md') as f: f.write(table + '\n')
     return dict(run=str(run), results=[str(p) for p in paths], table=table)
 
-# %% ../nbs/30_protocol.ipynb #0c918366
+# %% ../nbs/30_protocol.ipynb #3973b40b
 def _load_results(paths)->list:
     out = []
     for p in paths:
@@ -324,7 +325,7 @@ def results_table(paths, # results.json files or folders holding them
         lines.append(f"| {m} | {' | '.join(row)} |")
     return '\n'.join(lines) + f"\n\n{what}; mean ± sample std over seeds."
 
-# %% ../nbs/30_protocol.ipynb #36c6d122
+# %% ../nbs/30_protocol.ipynb #663944a3
 _UNIDIFFDA = [  # (dataset folder name, shots, task, classifier settings)
     ('caltech101', 25, 'coarse', dict(batch_size=32, lr=0.01)), ('cifar100', 100, 'coarse', dict(batch_size=32, lr=0.1)),
     ('imagenet100', 250, 'coarse', dict(batch_size=32, lr=0.1)), ('imagenet1k', 25, 'coarse', dict(batch_size=32, lr=0.1)),

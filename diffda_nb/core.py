@@ -45,7 +45,7 @@ def pick_device(device=None # 'cpu', 'cuda', 'cuda:1', 'mps', a torch.device, or
         if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
         return torch.device('cpu')
     try: dev = torch.device(device)
-    except (RuntimeError, TypeError) as e: raise ValueError(f"device: {device!r} is not a device name (use 'cpu', 'cuda', 'cuda:0', 'mps')") from None
+    except (RuntimeError, TypeError): raise ValueError(f"device: {device!r} is not a device name (use 'cpu', 'cuda', 'cuda:0', 'mps')") from None
     if dev.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"device: {device!r} was asked for but CUDA is not available here")
     return dev
 

@@ -761,7 +761,6 @@ def train_conditioning(pipe, # a Stable Diffusion pipeline (UNet tuned in place 
         clusters = _assign_clusters(feats, labels, cfg.clusters, cfg.seed)
     else: clusters = [0] * len(labels)
     groups = sorted(set(zip(labels, clusters)))
-    k_of = {c: max(j for l, j in groups if l == c) + 1 for c, _ in groups}
     keys = [_cond_key(l, j, 1 if cfg.clusters == 1 else cfg.clusters) for l, j in groups]
     gidx = {g: i for i, g in enumerate(groups)}
     word = lambda c: names[c].replace(' ', '') if cfg.no_ws else names[c]

@@ -8,7 +8,7 @@ __all__ = ['EXAMPLE_METHODS', 'DataConfig', 'MethodConfig', 'GeneratorConfig', '
            'fingerprint', 'run_experiment', 'results_table', 'unidiffda_configs', 'write_example_configs']
 
 # %% ../nbs/30_protocol.ipynb #d1b4474e
-import hashlib, json, math, shutil, time
+import hashlib, json, shutil, time
 from dataclasses import dataclass, field, asdict, fields, is_dataclass, replace
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from .core import write_json, atomic_write, seed_everything, pick_device
-from .recipes import get_recipe, TASK_TYPES, check_task
+from .recipes import get_recipe, check_task
 from .utilization import UTILIZATIONS
 
 # %% ../nbs/30_protocol.ipynb #f7ac8add

@@ -259,6 +259,7 @@ def load_sd(model:str, # an alias ('sd1.5', 'sd2.1', 'sd3.5', 'ip2p', ... see `M
     if pipe.dtype != dtype: pipe = pipe.to(dtype=dtype)  # no needless cast: diffusers warns on every `to(dtype)`
     pipe = pipe.to(device)
     if scheduler is not None: set_scheduler(pipe, scheduler)
+    if model == 'mini': pipe.diffda_source_content = 28 / 32   # Mini saw 28-px Fashion-MNIST padded to 32: sources are padded the same way
     return pipe
 
 # %% ../nbs/02_models.ipynb #048b0e88

@@ -40,6 +40,7 @@ class MethodConfig:
     steps: int = None
     guidance: float = None
     finetune: dict = field(default_factory=dict) # stage ① overrides, e.g. {steps: 500} (fields of finetune.TIConfig)
+    options: dict = field(default_factory=dict) # the method's own options (see `diffda methods`), e.g. {epsilon: 0.1} for GIF
 
 @dataclass
 class GeneratorConfig:
@@ -121,7 +122,7 @@ def resolve(cfg:ExperimentConfig)->dict:
     check_task(cfg.data.task)
     recipe = get_recipe(cfg.method.name)
     m = cfg.method
-    params = recipe.params(cfg.data.task, multiplier=m.multiplier, strength=m.strength, prompt=m.prompt, steps=m.steps,
+    params = recipe.params(cfg.data.task, options=m.options, multiplier=m.multiplier, strength=m.strength, prompt=m.prompt, steps=m.steps,
                            guidance=m.guidance, finetune=m.finetune)
     strategy = cfg.utilization.strategy or (recipe.utilization if recipe.generation != 'none' else 'none')
     p = cfg.utilization.p if cfg.utilization.p is not None else params['p']
@@ -137,6 +138,7 @@ def check_config(cfg:ExperimentConfig)->dict:
     if not 0 <= r['p'] <= 1: raise ValueError(f"utilization.p must be in [0, 1], got {r['p']}")
     s = r['params'].get('strength')
     if s is not None and not 0 < s <= 1: raise ValueError(f"method.strength must be in (0, 1], got {s}")
+    if r['recipe'].generation != 'none': r['recipe'].sampler(r['params'])   # a sampler checks its settings when it is built (cheap: models load in `prepare`)
     if r['recipe'].generation != 'none' and r['strategy'] == 'none': notes.append('utilization none: the synthetic images will not be used')
     if cfg.classifier.arch not in ARCHS: raise ValueError(f"classifier.arch: expected one of {list(ARCHS)}, got {cfg.classifier.arch!r}")
     bad = set(cfg.classifier.train) - {f.name for f in fields(TrainConfig)}
@@ -194,7 +196,14 @@ def _split(cfg, train_full, seed, folder:Path):
         save_split(split, path); write_json(fp, fp_path)
     return split, split.apply(train_full)[0]
 
-_FINETUNERS = {'ti': 'train_textual_inversion'}
+_FINETUNERS = {'ti': 'train_textual_inversion', 'ti+lora': 'ti+lora'}
+
+def _ti_then_lora(pipe, train, settings:dict, out_dir:Path):
+    "Stage ① of Diff-Aug, Diff-Mix and Diff-II: Textual Inversion, then DreamBooth-LoRA on top of its tokens (`settings`: common keys + `ti` and `lora` dicts)."
+    from diffda_nb import finetune
+    common = {k: v for k, v in settings.items() if k not in ('ti', 'lora')}
+    finetune.train_textual_inversion(pipe, train, {**common, **settings.get('ti', {})}, out_dir=out_dir / 'ti')
+    return finetune.train_lora(pipe, train, {**common, **settings.get('lora', {})}, out_dir=out_dir, ti_dir=out_dir / 'ti')
 
 def _gen_size(cfg)->int: return cfg.generator.size or (64 if cfg.generator.model == 'tiny' else None)
 
@@ -211,7 +220,8 @@ def _finetune(cfg, r, train, seed, folder:Path, force:bool)->tuple:
     pipe = load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor  # 512 for SD 1.5, 768 for SD 2.1, 32 for 'mini'
     settings = dict(resolution=_gen_size(cfg) or native, seed=seed, device=cfg.generator.device, **r['params']['finetune'])
-    getattr(finetune, _FINETUNERS[kind])(pipe, train, settings, out_dir=ft)
+    if kind == 'ti+lora': _ti_then_lora(pipe, train, settings, ft)
+    else: getattr(finetune, _FINETUNERS[kind])(pipe, train, settings, out_dir=ft)
     _mark_done(ft, fp)
     return ft, time.time() - t0
 
@@ -223,7 +233,7 @@ def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, pro
     fp = fingerprint(cfg.data, cfg.method, cfg.generator, seed)
     if _stage_done(gen, fp, force, 'generation'): return Manifest(gen/'manifest.jsonl'), 0.0
     t0 = time.time()
-    overrides = {k: v for k, v in asdict(cfg.method).items() if k != 'name'}
+    overrides = {k: v for k, v in asdict(cfg.method).items() if k not in ('name', 'options')}
     if tuned is not None:  # a fine-tuned generator is specific to this seed's split: load it fresh
         from diffda_nb.finetune import load_finetuned, read_card
         pipe = load_finetuned(load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype), tuned)
@@ -231,9 +241,11 @@ def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, pro
     else:
         if 'pipe' not in pipe_cache: pipe_cache['pipe'] = load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype)
         pipe = pipe_cache['pipe']
-    jobs = r['recipe'].jobs(train, task=cfg.data.task, seed=seed, **overrides)
+    params = r['recipe'].params(cfg.data.task, options=cfg.method.options, **overrides)
+    jobs = r['recipe'].make_jobs(train, params, seed)
     m = generate(pipe, jobs, gen, source_images=train, size=_gen_size(cfg), batch_size=cfg.generator.batch_size,
-                 scheduler=cfg.generator.scheduler, progress=progress, generator_name=str(cfg.generator.model))
+                 scheduler=cfg.generator.scheduler, progress=progress, generator_name=str(cfg.generator.model),
+                 sampler=r['recipe'].sampler(params))
     _mark_done(gen, fp, jobs=len(jobs))
     return m, time.time() - t0
 

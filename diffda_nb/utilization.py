@@ -104,11 +104,17 @@ class TrainingSet(Dataset):
         for k in list((r.get('label_weights') or {}).keys()) + [r.get('target_class')]:
             if k is not None and not 0 <= int(k) < C: raise ValueError(f"{where}: label class {k} is outside 0..{C-1} (num_classes={C})")
         if self.label_source == 'source' and s is None: raise ValueError(f"{where}: label_source='source' needs a source_index")
+        srcs = r.get('sources')
+        if srcs is not None:
+            if not isinstance(srcs, list) or not srcs or any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) or not 0 <= x < n for x in srcs):
+                raise ValueError(f"{where}: sources {srcs!r} must be a non-empty list of real-image indices in 0..{n-1}")
+            if s is not None and srcs[0] != s: raise ValueError(f"{where}: sources {srcs} must start with source_index {s}")
 
     def _index_candidates(self):
         self._by_source, self._by_class = {}, {}
         for k, r in enumerate(self.rows):
-            if r.get('source_index') is not None: self._by_source.setdefault(int(r['source_index']), []).append(k)
+            srcs = r.get('sources') or ([r['source_index']] if r.get('source_index') is not None else [])
+            for s in dict.fromkeys(int(x) for x in srcs): self._by_source.setdefault(s, []).append(k)   # a variant of each of its sources
             self._by_class.setdefault(_row_class(r), []).append(k)
 
 # %% ../nbs/20_utilization.ipynb #f52e3cfc
@@ -182,7 +188,7 @@ def stats(self:TrainingSet)->dict:
         if self.strategy == 'grr': can, reach = (N if R else 0), R
         elif self.strategy == 'lrr':
             can = sum(1 for i in self._by_source if i < N)
-            reach = sum(len(v) for v in self._by_source.values())
+            reach = len({k for v in self._by_source.values() for k in v})
         else:
             can = sum(1 for y in self.real_labels if y in self._by_class)
             reach = sum(len(self._by_class.get(y, [])) for y in set(self.real_labels))

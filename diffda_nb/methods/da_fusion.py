@@ -22,6 +22,8 @@ def da_fusion_jobs(train_set, # the real training images (`data.ImageDataset`)
         raise ValueError("da_fusion: needs the Textual Inversion card of a fine-tuned generator (params['card'] with 'tokens'); run stage ① first")
     if len(card['tokens']) != len(train_set.classes): raise ValueError(f"da_fusion: the card has {len(card['tokens'])} class tokens, the dataset {len(train_set.classes)} classes")
     strengths = params.get('strengths') or DA_FUSION_STRENGTHS
+    if isinstance(strengths, (int, float)) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1 for s in strengths):
+        raise ValueError(f"da_fusion: option strengths must be a list of numbers in (0, 1], got {strengths!r}")
     return sdedit_jobs(train_set, params, seed, method='da_fusion',
                        prompt_fn=lambda label, rng: class_prompt(card, label, params['prompt']),
                        strength_fn=lambda rng: strengths[rng.integers(len(strengths))])
@@ -29,6 +31,6 @@ def da_fusion_jobs(train_set, # the real training images (`data.ImageDataset`)
 DA_FUSION = register(Recipe(
     'da_fusion', 'DA-Fusion', paper='Trabucco et al., ICLR 2024 (UniDiffDA §3.2)',
     finetune='ti', generation='sdedit', utilization='lrr', p=0.5, multiplier=10,
-    strength={}, prompt='a photo of a {token}', make_jobs=da_fusion_jobs,
+    strength={}, prompt='a photo of a {token}', make_jobs=da_fusion_jobs, options=dict(strengths=DA_FUSION_STRENGTHS),
     finetune_defaults=dict(num_vectors=4, init='class', steps=2000, lr=5e-4, batch_size=8),
     notes='Randomized intensity; prompts never contain the class name (data-centric leakage prevention).'))

@@ -135,11 +135,17 @@ def ddim_timesteps(num_steps:int, # number of inference steps N
     "The DDIM sampling timesteps, high to low, as diffusers' `DDIMScheduler.set_timesteps` lays them out."
     if not isinstance(num_steps, int) or not 1 <= num_steps <= num_train_timesteps:
         raise ValueError(f"num_steps: expected an int in [1, {num_train_timesteps}], got {num_steps!r}")
-    if spacing == 'leading': ts = torch.arange(num_steps) * (num_train_timesteps // num_steps) + steps_offset
-    elif spacing == 'trailing':
-        ts = torch.arange(num_train_timesteps, 0, -num_train_timesteps / num_steps, dtype=torch.float64).round().long().flip(0) - 1
-    else: raise ValueError(f"spacing: expected 'leading' or 'trailing', got {spacing!r}")
-    return ts.flip(0)
+    T, N = num_train_timesteps, num_steps
+    if spacing == 'leading': return (torch.arange(N) * (T // N) + steps_offset).flip(0)
+    if spacing == 'trailing':
+        # diffusers rounds a float64 range from T down towards 0 in steps of T/N (half to even), minus 1. NumPy fills that range
+        # from its first two entries: entry i is T + i·d with d = (T − T/N) − T, which can miss −T/N in the last bit, so
+        # T + i·d can land just below a .5 that T − i·T/N hits exactly. Rounding then splits them; copy NumPy's arithmetic.
+        r = T / N
+        d = (T - r) - T
+        n = math.ceil(T / r)  # the range's length as NumPy sizes it: N, or N + 1 when T / (T/N) rounds above N
+        return (T + torch.arange(n, dtype=torch.float64) * d).round().long() - 1
+    raise ValueError(f"spacing: expected 'leading' or 'trailing', got {spacing!r}")
 
 def predict_x0(eps:Tensor, # predicted noise ε
                t, # current timestep(s)

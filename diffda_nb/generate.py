@@ -453,7 +453,7 @@ def get_sampler(sampler=None, # None (SDEdit), a registered name, or a `Sampler`
     if sampler not in SAMPLERS: raise ValueError(f"unknown sampler {sampler!r}; known samplers: {sorted(SAMPLERS)}")
     return SAMPLERS[sampler](**options)
 
-# %% ../nbs/05_generate.ipynb #369d2847
+# %% ../nbs/05_generate.ipynb #491cb40c
 def _digest(obj)->str:
     import hashlib
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -626,6 +626,7 @@ def generate_arrays(pipe, # a StableDiffusionImg2ImgPipeline (or any pipeline wi
 # %% ../nbs/05_generate.ipynb #548291eb
 _CHECK_FIELDS = ('source_index', 'prompt', 'negative_prompt', 'strength', 'seed', 'steps', 'guidance', 'scheduler', 'size', 'prompt_embeds',
                  'sampler', 'sources', 'params')
+_NEW_FIELDS = ('sampler', 'sources', 'params')
 
 def _row(job:Job, size, scheduler_name:str, generator_name:str, sampler_name:str='sdedit')->dict:
     "The manifest row of a job (without timing)."
@@ -793,7 +794,8 @@ def generate(pipe, # a StableDiffusionImg2ImgPipeline (or compatible), on the de
     for j in mine:
         if j.id in done:
             want = _row(j, size, sched_name, gname, sampler.name); have = done[j.id]
-            diff = [k for k in _CHECK_FIELDS if k in want and json.loads(json.dumps(want[k])) != have.get(k)]
+            diff = [k for k in _CHECK_FIELDS if k in want and json.loads(json.dumps(want[k])) != have.get(k)
+                    and not (k in _NEW_FIELDS and k not in have)]   # rows written before samplers existed lack these
             if diff: raise ValueError(f"out_dir {out_dir} already holds image {j.id!r} made with other settings ({', '.join(f'{k}: {have.get(k)!r} vs {want[k]!r}' for k in diff)}); use a new out_dir")
     todo = [j for j in mine if j.id not in done]
     for j in todo:   # temp files of ours left by a killed run

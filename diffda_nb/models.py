@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['KINDS', 'SCHEDULERS', 'MODEL_ALIASES', 'clip_tokenizer', 'tiny_sd', 'make_scheduler', 'set_scheduler', 'mini_path',
-           'ModelNotAvailableError', 'load_sd', 'speed_up']
+           'ModelNotAvailableError', 'load_sd', 'is_mini', 'speed_up']
 
 # %% ../nbs/02_models.ipynb #11a47561
 import gzip, json, os, time, warnings
@@ -261,6 +261,12 @@ def load_sd(model:str, # an alias ('sd1.5', 'sd2.1', 'sd3.5', 'ip2p', ... see `M
     if scheduler is not None: set_scheduler(pipe, scheduler)
     if model == 'mini': pipe.diffda_source_content = 28 / 32   # Mini saw 28-px Fashion-MNIST padded to 32: sources are padded the same way
     return pipe
+
+def is_mini(pipe)->bool:
+    "Whether `pipe` is the shipped DiffDA-Mini generator (from `load_sd('mini')` or loaded from its folder)."
+    if getattr(pipe, 'diffda_source_content', None) is not None: return True
+    name = getattr(getattr(pipe, 'config', None), '_name_or_path', None)
+    return name is not None and Path(str(name)).expanduser().resolve() == mini_path('generator').resolve()
 
 # %% ../nbs/02_models.ipynb #048b0e88
 def _denoiser(pipe): return getattr(pipe, 'unet', None) or getattr(pipe, 'transformer', None)

@@ -346,26 +346,35 @@ _UNIDIFFDA = [  # (dataset folder name, shots, task, classifier settings)
     ('skin', 10, 'medical', dict(batch_size=32, lr=0.1)), ('skin', 50, 'medical', dict(batch_size=32, lr=0.1)),
 ]
 
+def _unidiffda_options(method:str, shots:int, task:str)->dict:
+    "Method options a setting needs: Diff-II pairs a 1-shot class's only image with itself (it has no second image to interpolate with)."
+    return dict(singletons='self') if method == 'diff_ii' and shots == 1 else {}
+
+def _unidiffda_strategy(recipe, fine:bool)->str:
+    "UniDiffDA: full concatenation on coarse and medical data; random replacement on few-shot fine-grained data (a method's own RR form if it has one, else global)."
+    if not fine: return 'fc'
+    return recipe.utilization if recipe.utilization in ('lrr', 'class_rr', 'grr') else 'grr'
+
 def unidiffda_configs(method:str='real_guidance', # the method of every config
                       data_root:str='data' # where the image folders live (data/<name>/train, data/<name>/test)
                      )->list:
     "One `ExperimentConfig` per (dataset × shots) setting of UniDiffDA's main tables."
-    out = []
+    out, recipe = [], get_recipe(method)
     for name, shots, task, train in _UNIDIFFDA:
         fine = task == 'fine'
         cfg = ExperimentConfig(
             name=f'{name}-{shots}shot-{method}', seeds=[0, 1, 2], out_dir='runs',
             data=DataConfig(f'{data_root}/{name}', shots=shots, task=task),
-            method=MethodConfig(method), generator=GeneratorConfig('sd1.5', scheduler='dpm++', size=512),
+            method=MethodConfig(method, options=_unidiffda_options(method, shots, task)), generator=GeneratorConfig('sd1.5', scheduler='dpm++', size=512),
             classifier=ClassifierConfig('resnet50', pretrained=fine,
                                         train=dict(epochs=100 if fine else 200, image_size=224, augment='flipcrop', **train)),
-            utilization=UtilizationConfig('grr' if fine else 'fc', p=0.5 if fine else None),
+            utilization=UtilizationConfig(_unidiffda_strategy(recipe, fine), p=0.5 if fine else None),
             notes=('UniDiffDA main-table setting. Epochs are our choice (the paper does not state them); '
                    'fine-grained: random replacement with p chosen by grid search in the paper (0.5 here).'))
         out.append(cfg)
     return out
 
-EXAMPLE_METHODS = ('real_guidance', 'da_fusion')
+EXAMPLE_METHODS = ('real_guidance', 'da_fusion', 'gif', 'diff_ii', 'distdiff')
 
 def write_example_configs(folder='configs/unidiffda', methods=EXAMPLE_METHODS)->list:
     "Write `unidiffda_configs(m)` for each method as YAML files into `folder`; returns the paths."

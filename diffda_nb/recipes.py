@@ -35,6 +35,15 @@ def job_id(method:str, source_index:int, variant:int)->str:
     return f"{method}-{int(source_index):06d}-{int(variant):02d}"
 
 # %% ../nbs/10_recipes.ipynb #b96695ad
+def _deep_copy(d:dict)->dict: return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+def _deep_update(base:dict, new:dict)->dict:
+    "Update `base` in place with `new`, merging nested dicts (e.g. `finetune: {ti: {steps: 500}}` keeps the other TI settings)."
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict): _deep_update(base[k], v)
+        else: base[k] = v
+    return base
+
 class PerTask(dict):
     "An option default that depends on the task type, e.g. `PerTask(coarse=0.8, fine=0.8, medical=0.1)`."
     def __init__(self, **by_task):
@@ -60,6 +69,8 @@ class Recipe:
     notes: str = ''
     options: dict = field(default_factory=dict) # the method's own options and their defaults (a `PerTask` default varies with the task type)
     make_sampler: Callable = None # hook(params: dict) -> a `generate.Sampler`; None: `get_sampler(generation)`
+    steps: int = 25 # default inference steps (DistDiff: 50 DDIM steps)
+    guidance: float = 7.5 # default classifier-free guidance scale
 
     def __post_init__(self):
         if self.utilization not in UTILIZATIONS: raise ValueError(f"Recipe {self.name!r}: utilization {self.utilization!r} is not one of {list(UTILIZATIONS)}")
@@ -75,12 +86,12 @@ class Recipe:
     def params(self, task:str='coarse', options:dict=None, **overrides)->dict:
         "The method's full parameter set for a task type: defaults, then `overrides` (None values ignored), then its `options`."
         p = dict(multiplier=self.multiplier, strength=self.default_strength(task), prompt=self.prompt, p=self.p,
-                 utilization=self.utilization, steps=25, guidance=7.5, finetune=dict(self.finetune_defaults), card=None)
+                 utilization=self.utilization, steps=self.steps, guidance=self.guidance, finetune=_deep_copy(self.finetune_defaults), card=None)
         unknown = set(overrides) - set(p)
         if unknown: raise ValueError(f"method {self.name!r}: unknown parameter(s) {sorted(unknown)}; known: {sorted(p)}")
         ft = overrides.pop('finetune', None) or {}
         p.update({k: v for k, v in overrides.items() if v is not None})
-        p['finetune'].update(ft)
+        _deep_update(p['finetune'], ft)
         if options is not None and not isinstance(options, dict): raise TypeError(f"method {self.name!r}: options must be a mapping, got {type(options).__name__}")
         bad = set(options or {}) - set(self.options)
         if bad: raise ValueError(f"method {self.name!r}: unknown option(s) {sorted(bad)}; its options are {sorted(self.options) or 'none'}")

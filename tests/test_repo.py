@@ -109,3 +109,15 @@ def test_import_cells_hold_only_imports():
                not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body):
                 bad.append(f'{nbf.name} cell {i}: {src.splitlines()[0][:60]!r}')
     assert not bad, 'cells mixing imports with other code (split them):\n' + '\n'.join(bad)
+
+def test_title_cells_hold_only_title_and_subtitle():
+    "nbdev 2 turns a notebook's first markdown cell into page metadata and drops the rest of it from the site: it may hold only `# Title`, `> subtitle` and `- key: value` frontmatter."
+    bad = []
+    for nbf in sorted((ROOT/'nbs').glob('*.ipynb')):
+        md = [c for c in json.loads(nbf.read_text())['cells'] if c['cell_type'] == 'markdown']
+        if not md: bad.append(f'{nbf.name}: no markdown cell'); continue
+        lines = [l for l in ''.join(md[0]['source']).splitlines() if l.strip()]
+        if not lines or not lines[0].startswith('# '): bad.append(f'{nbf.name}: the first markdown cell does not start with "# Title"')
+        extra = [l for l in lines[1:] if not (l.startswith('>') or re.match(r'^- [\w-]+:\s', l))]
+        if extra: bad.append(f'{nbf.name}: {len(extra)} line(s) besides the title and subtitle, e.g. {extra[0][:60]!r}')
+    assert not bad, 'first markdown cells that lose text on the site (move it to the next cell):\n' + '\n'.join(bad)

@@ -169,17 +169,13 @@ def build_parser()->argparse.ArgumentParser:
     m.add_argument('--publish', action='store_true', help="install the result into the package (replaces the shipped world)")
     return p
 
-def _quiet_loading():
-    "Silence the model-loading progress bars of diffusers and transformers (for `--quiet`)."
-    import diffusers.utils.logging, transformers.utils.logging
-    diffusers.utils.logging.disable_progress_bar(); transformers.utils.logging.disable_progress_bar()
-
 def main(argv=None # arguments (default: sys.argv[1:])
         )->int:
     "Entry point of the `diffda` console command; returns the exit status."
     p = build_parser(); a = p.parse_args(argv)
     if not getattr(a, 'func', None): p.print_help(); return 2
-    if getattr(a, 'quiet', False): _quiet_loading()
+    if getattr(a, 'quiet', False):
+        from diffda_nb.models import quiet_loading; quiet_loading()
     try: return a.func(a)
     except (ValueError, FileNotFoundError, OSError, TypeError, KeyError) as e:
         if os.environ.get('DIFFDA_DEBUG'): raise

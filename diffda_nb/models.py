@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['KINDS', 'SCHEDULERS', 'MODEL_ALIASES', 'clip_tokenizer', 'tiny_sd', 'make_scheduler', 'set_scheduler', 'mini_path',
-           'ModelNotAvailableError', 'load_sd', 'is_mini', 'speed_up']
+           'ModelNotAvailableError', 'load_sd', 'is_mini', 'quiet_loading', 'speed_up']
 
 # %% ../nbs/02_models.ipynb #11a47561
 import gzip, json, os, time, warnings
@@ -267,6 +267,17 @@ def is_mini(pipe)->bool:
     if getattr(pipe, 'diffda_source_content', None) is not None: return True
     name = getattr(getattr(pipe, 'config', None), '_name_or_path', None)
     return name is not None and Path(str(name)).expanduser().resolve() == mini_path('generator').resolve()
+
+# %% ../nbs/02_models.ipynb #2ee315ba
+def quiet_loading():
+    "Silence the model-loading progress bars of diffusers and transformers; returns a function that restores them as they were."
+    import diffusers.utils.logging as dl, transformers.utils.logging as tl
+    was = [(log, log.is_progress_bar_enabled()) for log in (dl, tl)]
+    for log, _ in was: log.disable_progress_bar()
+    def restore():
+        for log, on in was:
+            if on: log.enable_progress_bar()
+    return restore
 
 # %% ../nbs/02_models.ipynb #048b0e88
 def _denoiser(pipe): return getattr(pipe, 'unet', None) or getattr(pipe, 'transformer', None)

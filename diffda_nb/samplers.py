@@ -91,7 +91,7 @@ def check_resume_and_shards(model:str, # 'mini', 'tiny' or any `models.load_sd` 
                             tmp=None # working folder (default: a new temporary one)
                            )->dict:
     "Assert that a run killed by SIGKILL and resumed, and a run sharded over 2 processes, give the pixels of one uninterrupted run; returns what happened."
-    from diffda_nb.models import load_sd
+    from diffda_nb.models import load_sd, quiet_loading
     from diffda_nb.generate import check_jobs, canonical_plan, _batch_size
     options, load = dict(options or {}), dict(load or {})
     smp = get_sampler(sampler, **options)
@@ -111,10 +111,7 @@ def check_resume_and_shards(model:str, # 'mini', 'tiny' or any `models.load_sd` 
     procs = {'killed': _spawn(dict(spec, out=str(tmp / 'resumed'), kill_at=2), tmp, 'killed')}
     for r in range(2): procs[f'rank{r}'] = _spawn(dict(spec, out=str(tmp / 'sharded'), rank=r, world_size=2), tmp, f'rank{r}')
     threads = torch.get_num_threads(); torch.set_num_threads(1)
-    import diffusers, transformers
-    logs = (diffusers.utils.logging, transformers.utils.logging)
-    bars_on = [l.is_progress_bar_enabled() for l in logs]
-    for l in logs: l.disable_progress_bar()
+    restore_bars = quiet_loading()
     try:
         pipe = load_sd(model, device='cpu', **load)
         t0 = time.perf_counter()
@@ -132,8 +129,7 @@ def check_resume_and_shards(model:str, # 'mini', 'tiny' or any `models.load_sd` 
         merge_manifests(tmp / 'sharded', jobs)
     finally:
         torch.set_num_threads(threads)
-        for l, on in zip(logs, bars_on):
-            if on: l.enable_progress_bar()
+        restore_bars()
     ref = _pixels(tmp / 'reference')
     for name in ('resumed', 'sharded'):
         got = _pixels(tmp / name)

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['SAMPLERS', 'Job', 'check_jobs', 'group_key', 'plan_batches', 'canonical_plan', 'prepare_source', 'source_content',
            'PromptCache', 'resolve_scheduler', 'SamplerBatch', 'Sampler', 'register_sampler', 'get_sampler',
-           'pipe_fingerprint', 'PrepareContext', 'generate_arrays', 'shard_plan', 'merge_manifests', 'generate',
-           'inverse_scheduler', 'invert']
+           'pipe_fingerprint', 'PrepareContext', 'check_model', 'generate_arrays', 'shard_plan', 'merge_manifests',
+           'generate', 'inverse_scheduler', 'invert']
 
 # %% ../nbs/05_generate.ipynb #554ea02b
 import contextlib, glob, inspect, json, math, os, platform, queue, re, threading, time, warnings
@@ -328,6 +328,7 @@ class Sampler:
     "How the engine runs one batch. The base class is SDEdit (diffusers' img2img, step for step); a method overrides the steps it changes."
     name = 'sdedit'
     uses_sources = True   # False: the batches need no source pixels (pure noise, cached latents)
+    instruction_model = False   # True: the sampler needs an instruction (InstructPix2Pix) model, whose UNet also reads the image latent
     required_scheduler = None   # a scheduler name the method is defined with (Diff-II: 'ddim'); it overrides the call's
 
     def key(self, job:Job)->tuple:
@@ -578,11 +579,26 @@ def _batches(pipe, plan, source_images, size, bs, proto, prompts, hook=None, att
 # %% ../nbs/05_generate.ipynb #3564c0c3
 _ATTENTION = ('flash', 'efficient', 'cudnn', 'math')
 
+def check_model(pipe, sampler)->None:
+    "A clear error when the pipeline is not the kind of model the sampler edits with: an instruction model (UNet input = noisy latent ⊕ image latent) for `instruction_model` samplers, an img2img / text-to-image one for the others."
+    unet, vae = getattr(pipe, 'unet', None), getattr(pipe, 'vae', None)
+    if unet is None or vae is None: return
+    got, lat = int(unet.config.in_channels), int(vae.config.latent_channels)
+    if sampler.instruction_model and got != 2 * lat:
+        raise ValueError(f"sampler {sampler.name!r} edits with an instruction model (InstructPix2Pix: its UNet reads the noisy latent ⊕ the image latent, "
+                         f"{2 * lat} input channels; e.g. load_sd('ip2p') or load_sd('mini-ip2p')), but this pipeline's UNet takes {got}: it is an "
+                         "img2img / text-to-image model")
+    if not sampler.instruction_model and got == 2 * lat:
+        raise ValueError(f"sampler {sampler.name!r} needs an img2img / text-to-image model (UNet with {lat} input channels), but this pipeline is an "
+                         f"instruction (InstructPix2Pix) model with {got}; edit with it through the 'ip2p' or 'diffusemix' sampler, or load an img2img "
+                         "model (e.g. 'sd1.5', 'mini')")
+
 def _prepare_call(pipe, jobs, source_images, size, scheduler, embeds, attention=None, sampler=None, content='auto'):
     "Validate everything (before any model work) and return (jobs, size, scheduler prototype, scheduler name, prompt cache, sampler, content)."
     if attention is not None and attention not in _ATTENTION: raise ValueError(f"attention: expected None or one of {list(_ATTENTION)}, got {attention!r}")
     if source_images is None or not hasattr(source_images, '__len__'): raise TypeError(f"source_images: expected a list of images or an ImageDataset, got {type(source_images).__name__}")
     sampler = get_sampler(sampler)
+    check_model(pipe, sampler)
     jobs = check_jobs(jobs, num_sources=len(source_images), embeds=embeds, sampler=sampler)
     size = _size_tuple(size, pipe)
     if sampler.required_scheduler is not None: scheduler = sampler.required_scheduler

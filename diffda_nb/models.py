@@ -212,6 +212,11 @@ def _resolve(model)->tuple:
             raise ModelNotAvailableError(f"model 'mini': the DiffDA-Mini generator is missing from {mini_path('generator')}; "
                                          "reinstall diffda_nb, or train it with diffda_nb.mini.train_mini and install it with publish_mini")
         model = mini_path('generator')
+    if model == 'mini-ip2p':
+        if not (mini_path('ip2p') / 'model_index.json').is_file():
+            raise ModelNotAvailableError(f"model 'mini-ip2p': the Mini-IP2P editor is missing from {mini_path('ip2p')}; "
+                                         "reinstall diffda_nb, or train it with diffda_nb.mini_ip2p.train_mini_ip2p and install it with publish_mini_ip2p")
+        model = mini_path('ip2p')
     if isinstance(model, os.PathLike) or (isinstance(model, str) and Path(model).expanduser().exists()):
         p = Path(model).expanduser()
         if not p.exists(): raise FileNotFoundError(f"model: local folder not found: {p}")
@@ -226,7 +231,7 @@ def _resolve(model)->tuple:
         raise FileNotFoundError(f"model: local folder not found: {model}")
     return MODEL_ALIASES.get(model, model), None, False
 
-def load_sd(model:str, # an alias ('sd1.5', 'sd2.1', 'sd3.5', 'ip2p', ... see `MODEL_ALIASES`), a hub id, a local diffusers folder, 'tiny' or 'mini'
+def load_sd(model:str, # an alias ('sd1.5', 'sd2.1', 'sd3.5', 'ip2p', ... see `MODEL_ALIASES`), a hub id, a local diffusers folder, 'tiny', 'mini' or 'mini-ip2p'
             kind:str='img2img', # 'img2img', 'txt2img' or 'ip2p' (InstructPix2Pix editing)
             device=None, # device for the pipeline (default `pick_device()`)
             dtype=None, # compute dtype (default `pick_dtype(device)`: fp32 on CPU, bf16/fp16 on GPU)
@@ -259,7 +264,7 @@ def load_sd(model:str, # an alias ('sd1.5', 'sd2.1', 'sd3.5', 'ip2p', ... see `M
     if pipe.dtype != dtype: pipe = pipe.to(dtype=dtype)  # no needless cast: diffusers warns on every `to(dtype)`
     pipe = pipe.to(device)
     if scheduler is not None: set_scheduler(pipe, scheduler)
-    if model == 'mini': pipe.diffda_source_content = 28 / 32   # Mini saw 28-px Fashion-MNIST padded to 32: sources are padded the same way
+    if model in ('mini', 'mini-ip2p'): pipe.diffda_source_content = 28 / 32   # Mini saw 28-px Fashion-MNIST padded to 32: sources are padded the same way
     return pipe
 
 def is_mini(pipe)->bool:

@@ -351,9 +351,15 @@ def _unidiffda_options(method:str, shots:int, task:str)->dict:
     return dict(singletons='self') if method == 'diff_ii' and shots == 1 else {}
 
 def _unidiffda_strategy(recipe, fine:bool)->str:
-    "UniDiffDA: full concatenation on coarse and medical data; random replacement on few-shot fine-grained data (a method's own RR form if it has one, else global)."
+    "UniDiffDA: full concatenation on coarse and medical data; random replacement on few-shot fine-grained data (a method's own RR form if it has one, else global); full replacement for a method that uses it (DiffuseMix), everywhere."
+    if recipe.utilization == 'fr': return 'fr'
     if not fine: return 'fc'
     return recipe.utilization if recipe.utilization in ('lrr', 'class_rr', 'grr') else 'grr'
+
+def _unidiffda_generator(method:str)->dict:
+    "SD 1.5 at 512² with DPM-Solver++ for every method, except DiffuseMix: InstructPix2Pix (also SD 1.5) at 256² with Euler ancestral, its original configuration."
+    if method == 'diffusemix': return dict(model='ip2p', scheduler='euler-a', size=256)
+    return dict(model='sd1.5', scheduler='dpm++', size=512)
 
 def unidiffda_configs(method:str='real_guidance', # the method of every config
                       data_root:str='data' # where the image folders live (data/<name>/train, data/<name>/test)
@@ -365,16 +371,17 @@ def unidiffda_configs(method:str='real_guidance', # the method of every config
         cfg = ExperimentConfig(
             name=f'{name}-{shots}shot-{method}', seeds=[0, 1, 2], out_dir='runs',
             data=DataConfig(f'{data_root}/{name}', shots=shots, task=task),
-            method=MethodConfig(method, options=_unidiffda_options(method, shots, task)), generator=GeneratorConfig('sd1.5', scheduler='dpm++', size=512),
+            method=MethodConfig(method, options=_unidiffda_options(method, shots, task)), generator=GeneratorConfig(**_unidiffda_generator(method)),
             classifier=ClassifierConfig('resnet50', pretrained=fine,
                                         train=dict(epochs=100 if fine else 200, image_size=224, augment='flipcrop', **train)),
-            utilization=UtilizationConfig(_unidiffda_strategy(recipe, fine), p=0.5 if fine else None),
-            notes=('UniDiffDA main-table setting. Epochs are our choice (the paper does not state them); '
-                   'fine-grained: random replacement with p chosen by grid search in the paper (0.5 here).'))
+            utilization=UtilizationConfig(_unidiffda_strategy(recipe, fine), p=0.5 if fine and recipe.utilization != 'fr' else None),
+            notes=('UniDiffDA main-table setting. Epochs are our choice (the paper does not state them); ' +
+                   ('full replacement: the method\'s own utilization, in every setting.' if recipe.utilization == 'fr' else
+                    'fine-grained: random replacement with p chosen by grid search in the paper (0.5 here).')))
         out.append(cfg)
     return out
 
-EXAMPLE_METHODS = ('real_guidance', 'da_fusion', 'gif', 'diff_ii', 'distdiff')
+EXAMPLE_METHODS = ('real_guidance', 'da_fusion', 'gif', 'diff_ii', 'distdiff', 'diffusemix')
 
 def write_example_configs(folder='configs/unidiffda', methods=EXAMPLE_METHODS)->list:
     "Write `unidiffda_configs(m)` for each method as YAML files into `folder`; returns the paths."

@@ -124,7 +124,7 @@ def captions(edits:dict=None)->list:
 class IP2PRecipe:
     "How long and how hard Mini-IP2P trains, and how it is measured."
     name:str
-    steps:int=2400; batch:int=96; lr:float=5e-4; ema:float=0.999
+    steps:int=3000; batch:int=96; lr:float=5e-4; ema:float=0.999
     drop:float=0.05 # IP2P's conditioning dropout: text only, image only and both, each with this probability
     per_class:int=500 # training sources per seen class (each is edited all seven ways)
     eval_per_edit:int=100 # held-out test images per edit for the quality numbers (a quarter of that for held-out classes)

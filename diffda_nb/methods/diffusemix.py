@@ -232,7 +232,8 @@ class DiffuseMixSampler(IP2PSampler):
                  ramp:int=20, # seam ramp in pixels of the generated image (DiffuseMix: 20 at 256 px)
                  fractals:str='generate', # 'generate' (the library's seeded IFS set) or a folder of the user's fractal images
                  n_fractals:int=100, # size of the generated set
-                 fractal_seed:int=0 # seed of the generated set
+                 fractal_seed:int=0, # seed of the generated set
+                 fractal_size:int=256 # pixels the generated fractals are drawn at (then resized to the generation size, like a downloaded set)
                 ):
         super().__init__(image_guidance, scheduler)
         if isinstance(fractal_weight, bool) or not isinstance(fractal_weight, (int, float)) or not 0 <= fractal_weight <= 1:
@@ -241,7 +242,8 @@ class DiffuseMixSampler(IP2PSampler):
         if not isinstance(fractals, (str, Path)) or not str(fractals): raise ValueError(f"diffusemix: fractals must be 'generate' or a folder, got {fractals!r}")
         if isinstance(n_fractals, bool) or not isinstance(n_fractals, int) or n_fractals < 1: raise ValueError(f"diffusemix: n_fractals must be a positive integer, got {n_fractals!r}")
         self.fractal_weight, self.ramp, self.fractals = float(fractal_weight), ramp, str(fractals)
-        self.n_fractals, self.fractal_seed = n_fractals, int(fractal_seed)
+        if isinstance(fractal_size, bool) or not isinstance(fractal_size, int) or fractal_size < 8: raise ValueError(f"diffusemix: fractal_size must be an integer ≥ 8 (pixels), got {fractal_size!r}")
+        self.n_fractals, self.fractal_seed, self.fractal_size = n_fractals, int(fractal_seed), fractal_size
 
     def check(self, job, where):
         super().check(job, where)
@@ -253,15 +255,15 @@ class DiffuseMixSampler(IP2PSampler):
         if isinstance(f, bool) or not isinstance(f, int) or f < 0: raise ValueError(f"{where}.params.fractal: expected an integer ≥ 0, got {f!r}")
     def settings(self)->dict:
         return dict(super().settings(), fractal_weight=self.fractal_weight, ramp=self.ramp, fractals=self.fractals,
-                    n_fractals=self.n_fractals, fractal_seed=self.fractal_seed)
+                    n_fractals=self.n_fractals, fractal_seed=self.fractal_seed, fractal_size=self.fractal_size)
 
 # %% ../../nbs/16_diffusemix.ipynb #41b93b74
 @patch
 def fractal_images(self:DiffuseMixSampler, size:tuple # (width, height) of the generated images
                   )->torch.Tensor:
-    "The fractal set as N×3×H×W in [0, 1] at the generation size: the generated set, or the folder's images centre-cropped and resized."
+    "The fractal set as N×3×H×W in [0, 1] at the generation size: the generated set (drawn at `fractal_size`) or the folder's images, centre-cropped and resized."
     w, h = size
-    if self.fractals == 'generate': ims = [Image.open(p).convert('RGB') for p in fractal_set(self.n_fractals, self.fractal_seed, max(w, h))]
+    if self.fractals == 'generate': ims = [Image.open(p).convert('RGB') for p in fractal_set(self.n_fractals, self.fractal_seed, self.fractal_size)]
     else: ims = load_fractals(self.fractals)
     ims = [im if im.size == (w, h) else ImageOps.fit(im, (w, h), method=Image.Resampling.BICUBIC) for im in ims]
     return torch.from_numpy(np.stack([np.asarray(im) for im in ims])).permute(0, 3, 1, 2).float() / 255
@@ -288,7 +290,7 @@ def finish(self:DiffuseMixSampler, b:SamplerBatch)->torch.Tensor:
 register_sampler('diffusemix', DiffuseMixSampler);
 
 # %% ../../nbs/16_diffusemix.ipynb #9c161105
-DIFFUSEMIX_SAMPLER_OPTIONS = ('image_guidance', 'scheduler', 'fractal_weight', 'ramp', 'fractals', 'n_fractals', 'fractal_seed')
+DIFFUSEMIX_SAMPLER_OPTIONS = ('image_guidance', 'scheduler', 'fractal_weight', 'ramp', 'fractals', 'n_fractals', 'fractal_seed', 'fractal_size')
 
 def diffusemix_sampler(params:dict # `Recipe.params` of DiffuseMix (its options included)
                       )->DiffuseMixSampler:
@@ -299,7 +301,7 @@ DIFFUSEMIX = register(Recipe(
     'diffusemix', 'DiffuseMix', paper='Islam et al., CVPR 2024 (UniDiffDA §3.2)', finetune='none', generation='diffusemix', utilization='fr',
     multiplier=5, prompt=DIFFUSEMIX_PROMPT, make_jobs=diffusemix_jobs, make_sampler=diffusemix_sampler, steps=100, guidance=4.0,
     options=dict(styles=list(DIFFUSEMIX_STYLES), image_guidance=1.5, scheduler='euler-a', fractal_weight=0.2, ramp=20, fractals='generate',
-                 n_fractals=100, fractal_seed=0),
+                 n_fractals=100, fractal_seed=0, fractal_size=256),
     notes='InstructPix2Pix style edits (text guidance 4, image guidance 1.5, Euler ancestral), half original and half edited with a 20-px ramp, '
           '0.8·hybrid + 0.2·fractal; full replacement.'))
 

@@ -7,8 +7,8 @@ __all__ = ['FILTERS', 'row_score', 'load_clip', 'Scorer', 'BaseProb', 'ClipMulti
            'keep_top', 'FilterResult', 'filter_manifest', 'show_scored', 'train_base_classifier', 'FilterSpec',
            'filter_spec', 'make_scorer']
 
-# %% ../nbs/22_filtering.ipynb #36db7f9b
-import hashlib, json, math, warnings
+# %% ../nbs/22_filtering.ipynb #ad457ffc
+import hashlib, json, math, os, warnings
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 
@@ -123,7 +123,7 @@ class ClipBinary(_ClipScorer):
         f = self._image(images)
         return torch.sigmoid(self.scale * (f @ self.pos.T - f @ self.neg.T)).cpu()   # = softmax([pos, neg])[0]
 
-# %% ../nbs/22_filtering.ipynb #ca4e385c
+# %% ../nbs/22_filtering.ipynb #5189266c
 def _read_scores(path:Path)->dict:
     if not path.exists(): return {}
     data = path.read_bytes(); lines = data.split(b'\n'); out = {}
@@ -138,7 +138,7 @@ def _read_scores(path:Path)->dict:
 
 def _append_scores(path:Path, scores:dict):
     with open(path, 'ab') as f:
-        f.write(''.join(json.dumps(dict(id=k, score=v)) + '\n' for k, v in scores.items()).encode()); f.flush(); import os; os.fsync(f.fileno())
+        f.write(''.join(json.dumps(dict(id=k, score=v)) + '\n' for k, v in scores.items()).encode()); f.flush(); os.fsync(f.fileno())
 
 # %% ../nbs/22_filtering.ipynb #1285a5b4
 def score_manifest(manifest, # a `core.Manifest` or its path

@@ -8,8 +8,8 @@ __all__ = ['gaussian_stats', 'frechet_distance_stats', 'fid', 'mmd2_unbiased', '
            'InceptionFeatures', 'feature_extractor', 'extract_features', 'compare_features', 'metrics_table',
            'generated_metrics']
 
-# %% ../nbs/23_metrics.ipynb #e47d4d37
-import math
+# %% ../nbs/23_metrics.ipynb #318a6da6
+import hashlib, json, math
 from pathlib import Path
 
 import numpy as np
@@ -222,20 +222,38 @@ def _source_items(source, labels=None)->tuple:
     if labels is not None and len(labels) != len(source): raise ValueError(f"labels: {len(labels)} labels for {len(source)} images")
     return len(source), (None if labels is None else np.asarray(labels)), get
 
-# %% ../nbs/23_metrics.ipynb #ff36b114
+# %% ../nbs/23_metrics.ipynb #006ba16d
+def _source_key(source)->list:
+    "What identifies a manifest's or a dataset's images for the feature cache (None: not cacheable)."
+    if isinstance(source, (str, Path)) and str(source).endswith('.jsonl'): source = Manifest(source)
+    if isinstance(source, Manifest):
+        st = source.path.stat()
+        return ['manifest', str(source.path.resolve()), st.st_size, st.st_mtime_ns, source.ids]
+    if hasattr(source, 'labels') and hasattr(source, 'image'):
+        return ['dataset', getattr(source, 'name', ''), list(source.labels), getattr(source, 'source_indices', None), getattr(source, 'info', {}).get('split')]
+    return None
+
 def extract_features(source, # a Manifest (or manifest.jsonl), a dataset (labels + image(i)), a list of images/paths, or a [-1, 1] tensor
                      extractor='mini', # a `FeatureExtractor` or a name for `feature_extractor`
                      labels=None, # class of each image, for lists and tensors (manifests and datasets bring their own)
-                     batch_size:int=64, progress:bool=True, desc:str='features')->tuple:
+                     batch_size:int=64, progress:bool=True, desc:str='features',
+                     cache=None # a folder: features of a manifest or dataset are saved there and reused (keyed by the extractor and the images)
+                    )->tuple:
     "(features N×D float32 tensor, labels array or None), reading the images batch by batch."
     from tqdm.auto import tqdm
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     ex = feature_extractor(extractor)
     n, y, get = _source_items(source, labels)
+    key = _source_key(source) if cache is not None else None
+    path = None if key is None else Path(cache) / f"features-{ex.name}-{hashlib.sha256(json.dumps([ex.settings(), key], default=str).encode()).hexdigest()[:16]}.pt"
+    if path is not None and path.exists(): return torch.load(path, weights_only=True), y
     out = []
     for a in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, total=math.ceil(n / batch_size)):
         out.append(ex(get(a, min(a + batch_size, n))).float())
-    return torch.cat(out), y
+    feats = torch.cat(out)
+    if path is not None:
+        with atomic_write(path, 'wb') as f: torch.save(feats, f)
+    return feats, y
 
 # %% ../nbs/23_metrics.ipynb #894fd419
 def _all_metrics(r:np.ndarray, g:np.ndarray, k:int, k_dc:int, kid_subsets:int, kid_subset_size:int, seed:int)->dict:
@@ -281,19 +299,20 @@ def metrics_table(res:dict # what `compare_features` / `generated_metrics` retur
     ex = res.get('extractor')
     return '\n'.join(lines) + (f"\n\nfeatures: {ex['name']}" + (f" ({ex.get('model')})" if ex.get('model') else '') if ex else '')
 
-# %% ../nbs/23_metrics.ipynb #3dd2faf8
+# %% ../nbs/23_metrics.ipynb #60c1f981
 def generated_metrics(generated, # the generated set: a Manifest or manifest.jsonl (or any `extract_features` source)
                       real, # the real images: a dataset with labels (or any `extract_features` source)
                       extractor='mini', # `FeatureExtractor` or name: 'mini', 'clip-mini', 'clip:ViT-B-32', 'inception'
                       per_class:bool=True, # also per class (labels from the manifest rows and the dataset)
                       out=None, # a folder: writes metrics.json and metrics.md there (atomically)
+                      cache=None, # a folder for the features (see `extract_features`): e.g. the real set's, reused for every method
                       batch_size:int=64, progress:bool=True, generated_labels=None, real_labels=None, classes=None,
                       **kw # `compare_features` settings: k, k_dc, kid_subsets, kid_subset_size, seed
                      )->dict:
     "Every metric between a generated set and the real images, in one feature space, overall and per class."
     ex = feature_extractor(extractor)
-    fg, yg = extract_features(generated, ex, generated_labels, batch_size, progress, desc='generated features')
-    fr, yr = extract_features(real, ex, real_labels, batch_size, progress, desc='real features')
+    fg, yg = extract_features(generated, ex, generated_labels, batch_size, progress, 'generated features', cache)
+    fr, yr = extract_features(real, ex, real_labels, batch_size, progress, 'real features', cache)
     classes = classes if classes is not None else getattr(real, 'classes', None)
     both = per_class and yr is not None and yg is not None
     res = compare_features(fr, fg, yr if both else None, yg if both else None, classes, **kw)

@@ -131,7 +131,7 @@ def sweep_table(rows:list, # what `_rows` gives: one per (cell, seed)
                                          f"{s[f'{metric}_mean']:.2f} ± {s[f'{metric}_std']:.2f}", f"{s['n_synthetic']:g}"]) + ' |')
     return summ, '\n'.join(lines) + f"\n\n{metric}: mean ± sample std over seeds."
 
-# %% ../nbs/31_sweeps.ipynb #ec554f3c
+# %% ../nbs/31_sweeps.ipynb #6028c3ec
 def sweep(base, # the base `ExperimentConfig` (or its YAML path)
           grid:dict=None, # {dotted field: [values]}: the cartesian product
           cells:list=None, # [{dotted field: value}]: explicit cells (crossed with `grid` if both)
@@ -158,7 +158,7 @@ def sweep(base, # the base `ExperimentConfig` (or its YAML path)
     with atomic_write(out / 'sweep.yaml') as f: yaml.safe_dump(dict(base=asdict(base), grid=grid, cells=cells, metric=metric), f, sort_keys=False)
     finished = []
     for c, n, cfg in tqdm(list(zip(settings, names, cfgs)), desc='sweep', disable=not progress):
-        cell_dir, fp = out / 'cells' / n, fingerprint(cfg)
+        cell_dir, fp = out / 'cells' / n, fingerprint({k: v for k, v in asdict(cfg).items() if k not in ('out_dir', 'notes')})   # a moved sweep still resumes
         paths = _cell_done(cell_dir, fp)
         if paths is None:
             _link_shared(cfg, cell_dir, out / '_shared')

@@ -65,6 +65,7 @@ class UtilizationConfig:
     "How synthetic images enter training (None: the method's default)."
     strategy: str = None
     p: float = None
+    filter: object = None # drop low-scored synthetic rows first: None, a method name or {method, drop, ...} (see `filtering.filter_spec`)
 
 @dataclass
 class ExperimentConfig:
@@ -145,6 +146,10 @@ def check_config(cfg:ExperimentConfig)->dict:
     if s is not None and not 0 < s <= 1: raise ValueError(f"method.strength must be in (0, 1], got {s}")
     if r['recipe'].generation != 'none': r['recipe'].sampler(r['params'])   # a sampler checks its settings when it is built (cheap: models load in `prepare`)
     if r['recipe'].generation != 'none' and r['strategy'] == 'none': notes.append('utilization none: the synthetic images will not be used')
+    if cfg.utilization.filter is not None:
+        from diffda_nb.filtering import filter_spec
+        filter_spec(cfg.utilization.filter)
+        if r['recipe'].generation == 'none' or r['strategy'] == 'none': notes.append('utilization.filter: there are no synthetic images to filter')
     if cfg.classifier.arch not in ARCHS: raise ValueError(f"classifier.arch: expected one of {list(ARCHS)}, got {cfg.classifier.arch!r}")
     bad = set(cfg.classifier.train) - {f.name for f in fields(TrainConfig)}
     if bad: raise ValueError(f"classifier.train: unknown key(s) {sorted(bad)}; TrainConfig takes {[f.name for f in fields(TrainConfig)]}")
@@ -273,10 +278,18 @@ def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, pro
     _mark_done(gen, fp, jobs=len(jobs))
     return m, time.time() - t0
 
-def _train(cfg, r, train, test, manifest, seed, progress:bool)->dict:
+def _filter(cfg, train, manifest, seed, progress:bool)->tuple:
+    "Filtering (UniDiffDA §4.4): score every synthetic row once (cached in generated/filter/), keep the ⌈(1−r)·n⌉ best; returns (kept ids, summary)."
+    from diffda_nb.filtering import filter_spec, make_scorer, filter_manifest
+    spec = filter_spec(cfg.utilization.filter); cache = Path(manifest.path).parent/'filter'
+    scorer = make_scorer(spec, train, cfg.generator.model, asdict(cfg.classifier), seed, cache, cfg.generator.device, progress)
+    res = filter_manifest(manifest, scorer, spec.drop, cache, spec.batch_size, progress)
+    return res.kept, res.summary()
+
+def _train(cfg, r, train, test, manifest, seed, progress:bool, ids=None)->dict:
     from diffda_nb.classify import make_model, train_classifier, TrainConfig
     from diffda_nb.utilization import make_training_set
-    ts = make_training_set(train, manifest, r['strategy'], p=r['p'], seed=seed, num_classes=train.num_classes)
+    ts = make_training_set(train, manifest, r['strategy'], p=r['p'], seed=seed, num_classes=train.num_classes, ids=ids)
     model = make_model(cfg.classifier.arch, train.num_classes, pretrained=cfg.classifier.pretrained)
     tcfg = TrainConfig(**{**cfg.classifier.train, 'seed': seed})
     out = train_classifier(model, ts, test, tcfg, progress=progress)
@@ -300,7 +313,8 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
     for seed in tqdm(cfg.seeds, desc=f'{cfg.name}: seeds', disable=not progress or len(cfg.seeds) == 1):
         folder = run/f'seed{seed}'; folder.mkdir(exist_ok=True)
         res_path = folder/'results.json'
-        fp = fingerprint(cfg.data, cfg.method, cfg.generator, cfg.classifier, cfg.utilization, seed)
+        util = {k: v for k, v in asdict(cfg.utilization).items() if k != 'filter' or v is not None}   # runs without a filter keep their fingerprints
+        fp = fingerprint(cfg.data, cfg.method, cfg.generator, cfg.classifier, util, seed)
         if res_path.exists() and json.loads(res_path.read_text()).get('fingerprint') == fp: paths.append(res_path); continue
         seed_everything(seed)
         t0 = time.time(); split, train = _split(cfg, train_full, seed, folder); t_split = time.time() - t0
@@ -310,15 +324,18 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
             write_json([str(p.relative_to(cfg.out_dir)) for p in tuned], folder/'finetuned.json')  # this seed's generator: step folders in order
         if r['recipe'].generation != 'none': manifest, t_gen = _generate(cfg, r, train, seed, folder, pipe_cache, force, progress, tuned)
         if until == 'generate': continue
-        t0 = time.time(); out = _train(cfg, r, train, test, manifest, seed, progress); t_train = time.time() - t0
+        t0 = time.time(); kept, filt = (None, None)
+        if cfg.utilization.filter is not None and manifest is not None and r['strategy'] != 'none': kept, filt = _filter(cfg, train, manifest, seed, progress)
+        t_filter = time.time() - t0
+        t0 = time.time(); out = _train(cfg, r, train, test, manifest, seed, progress, kept); t_train = time.time() - t0
         result = dict(name=cfg.name, method=r['recipe'].name, method_title=r['recipe'].title, seed=seed, fingerprint=fp,
                       dataset=cfg.data.name, shots=cfg.data.shots, task=cfg.data.task, params={k: v for k, v in r['params'].items() if k != 'card'},
                       utilization=r['strategy'], p=r['p'], generator=cfg.generator.model, classifier=cfg.classifier.arch,
-                      n_real=len(train), n_synthetic=len(manifest) if manifest is not None else 0,
+                      n_real=len(train), n_synthetic=len(kept) if kept is not None else len(manifest) if manifest is not None else 0, filter=filt,
                       finetuned=[str(p.relative_to(cfg.out_dir)) for p in tuned] if tuned else None,
                       top1=out['top1'], best_top1=out['best_top1'], final_top1=out['final_top1'], best_epoch=out['best_epoch'],
                       top5=out['top5'], report=out['report'], per_class=out['per_class'], history=out['history'],
-                      seconds=dict(split=round(t_split, 2), finetune=round(t_ft, 2), generate=round(t_gen, 2), train=round(t_train, 2)),
+                      seconds=dict(split=round(t_split, 2), finetune=round(t_ft, 2), generate=round(t_gen, 2), filter=round(t_filter, 2), train=round(t_train, 2)),
                       device=str(pick_device(cfg.generator.device)), config=asdict(cfg))
         write_json(result, res_path); paths.append(res_path)
     if until == 'generate': return dict(run=str(run), results=[], table=None)

@@ -41,8 +41,8 @@ ABOUT = {'generation': 'bench/generation.py (a)-(e) in two halves',
 EXPECTED = {
     'generation': {'cde': 420, 'ab': 150},   # the engine's figures first: (a)-(b) fit into a short second command
     'gpu_cells': {'static': 5, '02_models': 150, '04_finetune': 180, '05_generate': 660, '13_gif': 180,
-                  '14_diff_ii': 180, '15_distdiff': 180, '21_classifier': 120, '32_mini': 3600},
-    'finetune': {'textual_inversion': 90, 'lora': 90},
+                  '14_diff_ii': 180, '15_distdiff': 180, '17_diff_mix': 180, '21_classifier': 120, '32_mini': 3600},
+    'finetune': {'textual_inversion': 90, 'lora': 90, 'ti_then_lora': 150},
     'classifier': {'resnet50-eager': 60, 'resnet50-compile': 150, 'small_cnn-eager': 30, 'small_cnn-compile': 60},
     'mini_gpu': {'train': 480},
 }
@@ -456,7 +456,12 @@ def run_finetune(ctx, piece):
     stamps = []
     def cb(step, loss): sync(); stamps.append(time.perf_counter())
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=ctx.work) as d: card = fn(pipe, ds, cfg, d, callback=cb)
+    with tempfile.TemporaryDirectory(dir=ctx.work) as d:
+        if piece == 'ti_then_lora':  # the protocol's chain (nbs/17_diff_mix.ipynb): LoRA on top of the TI tokens; LoRA's rate is timed
+            train_textual_inversion(pipe, ds, TIConfig(num_vectors=1, **common), Path(d) / 'ti')
+            t0 = time.perf_counter()
+            card = train_lora(pipe, ds, cfg, Path(d) / 'lora', ti_dir=Path(d) / 'ti', callback=cb)
+        else: card = fn(pipe, ds, cfg, d, callback=cb)
     total = time.perf_counter() - t0
     sps = steady_rate(stamps, s['warmup'])
     losses = [l for _, l in card['stages'][-1]['loss']] if card.get('stages') else []

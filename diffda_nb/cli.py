@@ -116,6 +116,14 @@ def _cmd_report(a):
         with atomic_write(a.out) as f: f.write(table + '\n')
     print(table); return 0
 
+def _cmd_sweep(a):
+    from diffda_nb.sweep import load_sweep, sweep
+    kw = load_sweep(a.file)
+    if a.out: kw['out'] = a.out
+    res = sweep(**kw, dry_run=a.dry_run, force=a.force, progress=not a.quiet)
+    if a.dry_run: print(f"{a.file}: OK — {len(res['cells'])} cells in {res['out']}: {', '.join(res['cells'])}"); return 0
+    print(res['table']); print(f"wrote {res['out']}/results.csv, results.md, results_seeds.csv"); return 0
+
 def _cmd_methods(a):
     from diffda_nb.recipes import methods_table
     print(methods_table()); return 0
@@ -155,6 +163,10 @@ def build_parser()->argparse.ArgumentParser:
     r = add('report', 'results table (mean ± std over seeds) from results.json files or run folders', _cmd_report)
     r.add_argument('paths', nargs='+'); r.add_argument('--metric', default='top1', choices=['top1', 'best_top1', 'final_top1', 'top5'])
     r.add_argument('--out', help='also write the table to this file')
+    w = add('sweep', 'run a config over a grid or list of settings (sweep YAML): shared generation, resumable, one results table', _cmd_sweep)
+    w.add_argument('file', help='sweep YAML: base (a config), grid and/or cells, out, metric')
+    w.add_argument('--out', help='override the sweep folder'); w.add_argument('--force', action='store_true', help='passed to every run')
+    w.add_argument('--dry-run', action='store_true', help='build and check every cell\'s config, run nothing')
     add('methods', 'list the registered methods and their stage choices', _cmd_methods)
     d = add('demo', 'offline few-shot experiment on CPU: baseline vs Real Guidance on Fashion-MNIST, 2 seeds', _cmd_demo)
     d.add_argument('--out', default='demo_out', help='output folder (default: %(default)s)')

@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['TI_TEMPLATES', 'CARD_NAME', 'CARD_FORMAT', 'BURG_VARIANTS', 'class_tokens', 'multi_vector_tokens', 'expand_tokens',
-           'LoopConfig', 'TIConfig', 'LoRAConfig', 'CondConfig', 'ESDConfig', 'encode_prompts', 'train_loop',
-           'read_card', 'train_textual_inversion', 'load_finetuned', 'class_prompt', 'train_lora', 'train_conditioning',
-           'load_conditionings', 'conditioning_keys', 'burg_variant', 'erase_concepts', 'plot_loss']
+           'LoopConfig', 'TIConfig', 'LoRAConfig', 'CondConfig', 'ESDConfig', 'encode_prompts', 'grad_accum_for',
+           'train_loop', 'read_card', 'train_textual_inversion', 'load_finetuned', 'class_prompt', 'train_lora',
+           'train_conditioning', 'load_conditionings', 'conditioning_keys', 'burg_variant', 'erase_concepts',
+           'plot_loss']
 
 # %% ../nbs/04_finetune.ipynb #924edee2
 import contextlib, copy, hashlib, json, os, random, re, shutil, time, warnings
@@ -77,6 +78,7 @@ class LoopConfig:
     lr:float=5e-4 # learning rate of the main trained tensors
     batch_size:int=8 # images per micro-batch and process
     grad_accum:int=1 # micro-batches per optimizer step
+    total_batch:int=None # images per optimizer step over all processes (UniDiffDA: 64); set: grad_accum = total_batch ÷ (batch_size × processes)
     scale_lr:bool=False # multiply every lr by batch_size × grad_accum × processes (diffusers' `--scale_lr`)
     weight_decay:float=1e-2 # AdamW weight decay (the diffusers training scripts' default, which the authors' code uses)
     max_grad_norm:float=None # clip the gradient norm to this (None: no clipping)
@@ -161,6 +163,9 @@ def _check_cfg(cfg, cls):
     for f in ('lr', 'unet_lr', 'alpha', 'max_grad_norm', 'eta'):
         v = getattr(cfg, f, None)
         if v is not None and (not isinstance(v, (int, float)) or not v > 0): raise ValueError(f"{cls.__name__}.{f}: expected a number > 0 (or None), got {v!r}")
+    tb = cfg.total_batch
+    if tb is not None and (not isinstance(tb, (int, np.integer)) or isinstance(tb, bool) or tb < 1 or tb % cfg.batch_size):
+        raise ValueError(f"{cls.__name__}.total_batch: expected a multiple of batch_size ({cfg.batch_size}) or None, got {tb!r}")
     if not 0 <= cfg.flip_p <= 1: raise ValueError(f"{cls.__name__}.flip_p: expected a probability in [0, 1], got {cfg.flip_p!r}")
     if not isinstance(cfg.resolution, int) or cfg.resolution < 8 or cfg.resolution % 8: raise ValueError(f"{cls.__name__}.resolution: expected a positive multiple of 8, got {cfg.resolution!r}")
     if not isinstance(cfg.checkpoint_every, int) or cfg.checkpoint_every < 0: raise ValueError(f"{cls.__name__}.checkpoint_every: expected an int >= 0, got {cfg.checkpoint_every!r}")
@@ -298,6 +303,13 @@ class _DiffusionJob(nn.Module):
 # %% ../nbs/04_finetune.ipynb #2d640427
 _RESUME_IGNORE = ('steps', 'checkpoint_every', 'keep_checkpoints', 'progress', 'device')
 
+def grad_accum_for(cfg:LoopConfig, processes:int=1)->int:
+    "Micro-batches per optimizer step: `cfg.grad_accum`, or what reaches `cfg.total_batch` with `batch_size` images on each of `processes`."
+    if cfg.total_batch is None: return cfg.grad_accum
+    per_step = cfg.batch_size * processes
+    if cfg.total_batch % per_step: raise ValueError(f"total_batch {cfg.total_batch} is not a multiple of batch_size × processes = {cfg.batch_size} × {processes}")
+    return cfg.total_batch // per_step
+
 def _accelerator(cfg):
     "An `accelerate.Accelerator` for the config's device and precision."
     from accelerate import Accelerator
@@ -362,11 +374,13 @@ def train_loop(job:nn.Module, # has `draw(step, micro, rank) -> dict` and `forwa
     acc = _accelerator(cfg)
     named = {f'{gi}.{n}': p for gi, g in enumerate(param_groups) for n, p in g['params'].items()}
     if not named: raise ValueError("param_groups: nothing to train")
-    scale = cfg.batch_size * cfg.grad_accum * acc.num_processes if cfg.scale_lr else 1
+    accum = grad_accum_for(cfg, acc.num_processes)
+    scale = cfg.batch_size * accum * acc.num_processes if cfg.scale_lr else 1
     opt = torch.optim.AdamW([dict(params=list(g['params'].values()), lr=g['lr'] * scale) for g in param_groups], weight_decay=cfg.weight_decay)
     key = {k: v for k, v in _cfg_dict(cfg).items() if k not in _RESUME_IGNORE}
     key['data'] = fingerprint
     progress = dict(step=0, losses=[], seconds=0.0, resumed_from=None, config=key)
+    used = dict(total_batch=cfg.batch_size * accum * acc.num_processes, grad_accum=accum, processes=acc.num_processes, lr_scale=scale)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
     last = _latest_checkpoint(ckpt_dir) if resume else None
     if ckpt_dir is not None and not resume and acc.is_main_process: shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -391,12 +405,12 @@ def train_loop(job:nn.Module, # has `draw(step, micro, rank) -> dict` and `forwa
     try:
         for step in range(progress['step'] + 1, cfg.steps + 1):
             total = torch.zeros((), device=acc.device)
-            for micro in range(cfg.grad_accum):
+            for micro in range(accum):
                 d = {k: v.to(acc.device) for k, v in job.draw(1 if cfg.fixed_batch else step, micro, acc.process_index).items()}
-                with (acc.no_sync(model) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()):
+                with (acc.no_sync(model) if micro < accum - 1 else contextlib.nullcontext()):
                     loss = model(**d)
-                    acc.backward(loss / cfg.grad_accum)
-                total += loss.detach().float() / cfg.grad_accum
+                    acc.backward(loss / accum)
+                total += loss.detach().float() / accum
             if cfg.max_grad_norm: acc.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step(); opt.zero_grad(set_to_none=True)
             value = acc.reduce(total, 'mean').item()
@@ -412,7 +426,7 @@ def train_loop(job:nn.Module, # has `draw(step, micro, rank) -> dict` and `forwa
     if ckpt_dir is not None and not cfg.keep_checkpoints and acc.is_main_process:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         with contextlib.suppress(OSError): ckpt_dir.parent.rmdir()  # `checkpoints/` itself, once empty
-    return {k: progress[k] for k in ('step', 'losses', 'seconds', 'resumed_from')}
+    return {**{k: progress[k] for k in ('step', 'losses', 'seconds', 'resumed_from')}, 'batch': used}
 
 # %% ../nbs/04_finetune.ipynb #40a9fe21
 class _RowsEmbedding(nn.Module):
@@ -533,7 +547,7 @@ def _write_card(out_dir:Path, pipe, dataset, stage:dict, base_card:dict=None, **
 
 def _stage(method, cfg, hist)->dict:
     return dict(method=method, steps=hist['step'], lr=cfg.lr, loss=hist['losses'], seconds=round(hist['seconds'], 3),
-                resumed_from=hist['resumed_from'], config=_cfg_dict(cfg))
+                resumed_from=hist['resumed_from'], config=_cfg_dict(cfg), batch=hist.get('batch'))
 
 # %% ../nbs/04_finetune.ipynb #bd9ac7d8
 def train_textual_inversion(pipe, # a Stable Diffusion pipeline; gets the new tokens (and a tuned UNet with `unet_lr`) in place
@@ -603,10 +617,14 @@ def load_finetuned(pipe_or_base, # a pipeline; a model name/folder for `diffda_n
                    folder, # a folder written by this module (has `finetune.json`)
                    kind:str='img2img', # pipeline kind when a model is loaded
                    device=None, dtype=None, # passed to `load_sd` when a model is loaded
+                   parts=('unet', 'embeddings', 'lora'), # what to apply of what the card lists (a chain of step folders applies each step's own part)
                    **kwargs # more `load_sd` arguments (e.g. `sample_size` for 'tiny')
                   ):
     "Apply a fine-tuned generator folder to a pipeline, as its card says: tuned UNet, then TI tokens, then LoRA. Returns the pipeline."
     folder = Path(folder); card = read_card(folder)
+    bad = set(parts) - {'unet', 'embeddings', 'lora'}
+    if bad: raise ValueError(f"parts: expected some of ('unet', 'embeddings', 'lora'), got {sorted(bad)}")
+    card = {**card, **{k: None for k in ('unet', 'embeddings', 'lora') if k not in parts}}
     if pipe_or_base is None:
         if card['base_model'] == 'in-memory pipeline': raise ValueError(f"pipe_or_base: {folder} was tuned from an in-memory pipeline; pass that pipeline (or its model name)")
         pipe_or_base = card['base_model']

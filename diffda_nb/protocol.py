@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['EXAMPLE_METHODS', 'DataConfig', 'MethodConfig', 'GeneratorConfig', 'ClassifierConfig', 'UtilizationConfig',
            'ExperimentConfig', 'config_from_dict', 'load_config', 'save_config', 'resolve', 'check_config',
-           'fingerprint', 'run_experiment', 'results_table', 'unidiffda_configs', 'write_example_configs']
+           'fingerprint', 'load_chain', 'run_experiment', 'results_table', 'unidiffda_configs', 'write_example_configs']
 
 # %% ../nbs/30_protocol.ipynb #d1b4474e
 import hashlib, json, shutil, time
@@ -16,8 +16,8 @@ import numpy as np
 import yaml
 
 from .core import write_json, atomic_write, seed_everything, pick_device
-from .recipes import get_recipe, check_task
-from .utilization import UTILIZATIONS
+from .recipes import get_recipe, check_task, stage_settings
+from .utilization import UTILIZATIONS, _RANDOM
 
 # %% ../nbs/30_protocol.ipynb #f7ac8add
 @dataclass
@@ -29,6 +29,7 @@ class DataConfig:
     root: str = None # folder holding a built-in dataset's files
     test_split: str = 'test'
     test_limit: int = None # evaluate on the first N test images only (quick runs)
+    metaclass: str = None # the fine-grained family word that prompts and LoRA captions use ('bird', 'aircraft'); None: the dataset's own
 
 @dataclass
 class MethodConfig:
@@ -64,6 +65,7 @@ class UtilizationConfig:
     "How synthetic images enter training (None: the method's default)."
     strategy: str = None
     p: float = None
+    filter: object = None # drop low-scored synthetic rows first: None, a method name or {method, drop, ...} (see `filtering.filter_spec`)
 
 @dataclass
 class ExperimentConfig:
@@ -136,10 +138,18 @@ def check_config(cfg:ExperimentConfig)->dict:
     r = resolve(cfg); notes = []
     if r['strategy'] not in UTILIZATIONS: raise ValueError(f"utilization.strategy: expected one of {list(UTILIZATIONS)}, got {r['strategy']!r}")
     if not 0 <= r['p'] <= 1: raise ValueError(f"utilization.p must be in [0, 1], got {r['p']}")
+    if cfg.utilization.p is not None and r['strategy'] not in _RANDOM:
+        raise ValueError(f"utilization.p: strategy {r['strategy']!r} replaces nothing at random, so p={cfg.utilization.p} would be recorded but unused; remove it")
+    if cfg.data.metaclass is not None and (not isinstance(cfg.data.metaclass, str) or not cfg.data.metaclass.strip()):
+        raise ValueError(f"data.metaclass: expected a word such as 'bird', got {cfg.data.metaclass!r}")
     s = r['params'].get('strength')
     if s is not None and not 0 < s <= 1: raise ValueError(f"method.strength must be in (0, 1], got {s}")
     if r['recipe'].generation != 'none': r['recipe'].sampler(r['params'])   # a sampler checks its settings when it is built (cheap: models load in `prepare`)
     if r['recipe'].generation != 'none' and r['strategy'] == 'none': notes.append('utilization none: the synthetic images will not be used')
+    if cfg.utilization.filter is not None:
+        from diffda_nb.filtering import filter_spec
+        filter_spec(cfg.utilization.filter)
+        if r['recipe'].generation == 'none' or r['strategy'] == 'none': notes.append('utilization.filter: there are no synthetic images to filter')
     if cfg.classifier.arch not in ARCHS: raise ValueError(f"classifier.arch: expected one of {list(ARCHS)}, got {cfg.classifier.arch!r}")
     bad = set(cfg.classifier.train) - {f.name for f in fields(TrainConfig)}
     if bad: raise ValueError(f"classifier.train: unknown key(s) {sorted(bad)}; TrainConfig takes {[f.name for f in fields(TrainConfig)]}")
@@ -182,6 +192,7 @@ def _load_data(cfg:ExperimentConfig):
     from diffda_nb.data import load_dataset
     train_full = load_dataset(cfg.data.name, 'train', root=cfg.data.root)
     test = load_dataset(cfg.data.name, cfg.data.test_split, root=cfg.data.root)
+    if cfg.data.metaclass: train_full.metaclass = test.metaclass = cfg.data.metaclass
     if cfg.data.test_limit: test = test.subset(range(min(cfg.data.test_limit, len(test))))
     return train_full, test
 
@@ -196,34 +207,52 @@ def _split(cfg, train_full, seed, folder:Path):
         save_split(split, path); write_json(fp, fp_path)
     return split, split.apply(train_full)[0]
 
-_FINETUNERS = {'ti': 'train_textual_inversion', 'ti+lora': 'ti+lora'}
+_CHAIN_PARTS = dict(textual_inversion=('embeddings',), pseudoword_dm=('unet', 'embeddings'), lora=('lora',), esd=('unet',))  # what each step adds
 
-def _ti_then_lora(pipe, train, settings:dict, out_dir:Path):
-    "Stage ① of Diff-Aug, Diff-Mix and Diff-II: Textual Inversion, then DreamBooth-LoRA on top of its tokens (`settings`: common keys + `ti` and `lora` dicts)."
+def _finetune_step(step:str, pipe, train, settings:dict, out:Path, chain:list):
+    "Run one fine-tuning step on `pipe` (already carrying the earlier steps), writing `out`."
     from diffda_nb import finetune
-    common = {k: v for k, v in settings.items() if k not in ('ti', 'lora')}
-    finetune.train_textual_inversion(pipe, train, {**common, **settings.get('ti', {})}, out_dir=out_dir / 'ti')
-    return finetune.train_lora(pipe, train, {**common, **settings.get('lora', {})}, out_dir=out_dir, ti_dir=out_dir / 'ti')
+    if step == 'ti': return finetune.train_textual_inversion(pipe, train, settings, out_dir=out)
+    if step == 'lora':
+        ti = next((c for c in reversed(chain) if finetune.read_card(c).get('embeddings')), None)
+        return finetune.train_lora(pipe, train, settings, out_dir=out, ti_dir=ti)
+    if step == 'esd': return finetune.erase_concepts(pipe, list(train.prompt_names), settings, out_dir=out, dataset=train)
+    raise ValueError(f"fine-tuning step {step!r}: unknown")
+
+def load_chain(pipe, # a fresh pipeline of the base model
+               chain:list # step folders in order (`_finetune`'s result)
+              ):
+    "Apply fine-tuning step folders in order, each adding its own part (erased UNet, TI tokens, LoRA); returns the pipeline."
+    from diffda_nb.finetune import load_finetuned, read_card
+    for folder in chain:
+        step = read_card(folder)['stages'][-1]['method']
+        parts = _CHAIN_PARTS.get(step)
+        if parts is None: raise ValueError(f"{folder}: a {step!r} folder cannot be chained (known: {sorted(_CHAIN_PARTS)})")
+        load_finetuned(pipe, folder, parts=parts)
+    return pipe
 
 def _gen_size(cfg)->int: return cfg.generator.size or (64 if cfg.generator.model == 'tiny' else None)
 
 def _finetune(cfg, r, train, seed, folder:Path, force:bool)->tuple:
-    "Stage ①: fine-tune a fresh copy of the generator on the training images; returns (folder, seconds)."
-    from diffda_nb import finetune
+    "Stage ①: the recipe's fine-tuning steps in order, each cached by its settings and resumable; returns (step folders, seconds)."
     from diffda_nb.models import load_sd
-    kind = r['recipe'].finetune
-    if kind not in _FINETUNERS: raise ValueError(f"method {r['recipe'].name!r}: fine-tuning {kind!r} is not supported by the protocol yet (known: {sorted(_FINETUNERS)})")
-    ft = folder/'finetuned'
-    fp = fingerprint(cfg.data, cfg.method, cfg.generator.model, seed)
-    if _stage_done(ft, fp, force, 'fine-tuning'): return ft, 0.0
-    t0 = time.time()
-    pipe = load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype)
-    native = pipe.unet.config.sample_size * pipe.vae_scale_factor  # 512 for SD 1.5, 768 for SD 2.1, 32 for 'mini'
-    settings = dict(resolution=_gen_size(cfg) or native, seed=seed, device=cfg.generator.device, **r['params']['finetune'])
-    if kind == 'ti+lora': _ti_then_lora(pipe, train, settings, ft)
-    else: getattr(finetune, _FINETUNERS[kind])(pipe, train, settings, out_dir=ft)
-    _mark_done(ft, fp)
-    return ft, time.time() - t0
+    steps = r['recipe'].stages(r['params'])
+    settings = stage_settings(steps, r['params']['finetune'], r['recipe'].name)
+    chain, seconds, pipe = [], 0.0, None
+    for k, step in enumerate(steps):
+        fp = fingerprint(cfg.data, cfg.generator.model, seed, steps[:k + 1], [settings[s] for s in steps[:k + 1]])
+        out = Path(cfg.out_dir)/'finetuned'/f'{step}-{fp}'  # shared by every experiment of this out_dir with the same data, seed and settings
+        if _stage_done(out, fp, force, f'fine-tuning step {step!r}'): chain.append(out); pipe = None; continue
+        t0 = time.time()
+        if pipe is None:  # fresh base model carrying the finished steps (a step just run leaves its result in `pipe`)
+            pipe = load_chain(load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype), chain)
+        native = pipe.unet.config.sample_size * pipe.vae_scale_factor  # 512 for SD 1.5, 768 for SD 2.1, 32 for 'mini'
+        s = dict(resolution=_gen_size(cfg) or native, seed=seed, device=cfg.generator.device, **settings[step])
+        result = _finetune_step(step, pipe, train, s, out, chain)
+        if step == 'esd': pipe.unet = result  # ESD returns the erased UNet and leaves `pipe` as it was
+        _mark_done(out, fp, step=step)
+        chain.append(out); seconds += time.time() - t0
+    return chain, seconds
 
 def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, progress:bool, tuned=None):
     from diffda_nb.generate import generate
@@ -234,10 +263,10 @@ def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, pro
     if _stage_done(gen, fp, force, 'generation'): return Manifest(gen/'manifest.jsonl'), 0.0
     t0 = time.time()
     overrides = {k: v for k, v in asdict(cfg.method).items() if k not in ('name', 'options')}
-    if tuned is not None:  # a fine-tuned generator is specific to this seed's split: load it fresh
-        from diffda_nb.finetune import load_finetuned, read_card
-        pipe = load_finetuned(load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype), tuned)
-        overrides['card'] = read_card(tuned)
+    if tuned:  # a fine-tuned generator is specific to this seed's split: load it fresh
+        from diffda_nb.finetune import read_card
+        pipe = load_chain(load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype), tuned)
+        overrides['card'] = read_card(tuned[-1])
     else:
         if 'pipe' not in pipe_cache: pipe_cache['pipe'] = load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype)
         pipe = pipe_cache['pipe']
@@ -249,10 +278,18 @@ def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, pro
     _mark_done(gen, fp, jobs=len(jobs))
     return m, time.time() - t0
 
-def _train(cfg, r, train, test, manifest, seed, progress:bool)->dict:
+def _filter(cfg, train, manifest, seed, progress:bool)->tuple:
+    "Filtering (UniDiffDA §4.4): score every synthetic row once (cached in generated/filter/), keep the ⌈(1−r)·n⌉ best; returns (kept ids, summary)."
+    from diffda_nb.filtering import filter_spec, make_scorer, filter_manifest
+    spec = filter_spec(cfg.utilization.filter); cache = Path(manifest.path).parent/'filter'
+    scorer = make_scorer(spec, train, cfg.generator.model, asdict(cfg.classifier), seed, cache, cfg.generator.device, progress)
+    res = filter_manifest(manifest, scorer, spec.drop, cache, spec.batch_size, progress)
+    return res.kept, res.summary()
+
+def _train(cfg, r, train, test, manifest, seed, progress:bool, ids=None)->dict:
     from diffda_nb.classify import make_model, train_classifier, TrainConfig
     from diffda_nb.utilization import make_training_set
-    ts = make_training_set(train, manifest, r['strategy'], p=r['p'], seed=seed, num_classes=train.num_classes)
+    ts = make_training_set(train, manifest, r['strategy'], p=r['p'], seed=seed, num_classes=train.num_classes, ids=ids)
     model = make_model(cfg.classifier.arch, train.num_classes, pretrained=cfg.classifier.pretrained)
     tcfg = TrainConfig(**{**cfg.classifier.train, 'seed': seed})
     out = train_classifier(model, ts, test, tcfg, progress=progress)
@@ -276,22 +313,29 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
     for seed in tqdm(cfg.seeds, desc=f'{cfg.name}: seeds', disable=not progress or len(cfg.seeds) == 1):
         folder = run/f'seed{seed}'; folder.mkdir(exist_ok=True)
         res_path = folder/'results.json'
-        fp = fingerprint(cfg.data, cfg.method, cfg.generator, cfg.classifier, cfg.utilization, seed)
+        util = {k: v for k, v in asdict(cfg.utilization).items() if k != 'filter' or v is not None}   # runs without a filter keep their fingerprints
+        fp = fingerprint(cfg.data, cfg.method, cfg.generator, cfg.classifier, util, seed)
         if res_path.exists() and json.loads(res_path.read_text()).get('fingerprint') == fp: paths.append(res_path); continue
         seed_everything(seed)
         t0 = time.time(); split, train = _split(cfg, train_full, seed, folder); t_split = time.time() - t0
         manifest, t_gen, tuned, t_ft = None, 0.0, None, 0.0
-        if r['recipe'].finetune != 'none': tuned, t_ft = _finetune(cfg, r, train, seed, folder, force)
+        if r['recipe'].finetune != 'none':
+            tuned, t_ft = _finetune(cfg, r, train, seed, folder, force)
+            write_json([str(p.relative_to(cfg.out_dir)) for p in tuned], folder/'finetuned.json')  # this seed's generator: step folders in order
         if r['recipe'].generation != 'none': manifest, t_gen = _generate(cfg, r, train, seed, folder, pipe_cache, force, progress, tuned)
         if until == 'generate': continue
-        t0 = time.time(); out = _train(cfg, r, train, test, manifest, seed, progress); t_train = time.time() - t0
+        t0 = time.time(); kept, filt = (None, None)
+        if cfg.utilization.filter is not None and manifest is not None and r['strategy'] != 'none': kept, filt = _filter(cfg, train, manifest, seed, progress)
+        t_filter = time.time() - t0
+        t0 = time.time(); out = _train(cfg, r, train, test, manifest, seed, progress, kept); t_train = time.time() - t0
         result = dict(name=cfg.name, method=r['recipe'].name, method_title=r['recipe'].title, seed=seed, fingerprint=fp,
                       dataset=cfg.data.name, shots=cfg.data.shots, task=cfg.data.task, params={k: v for k, v in r['params'].items() if k != 'card'},
                       utilization=r['strategy'], p=r['p'], generator=cfg.generator.model, classifier=cfg.classifier.arch,
-                      n_real=len(train), n_synthetic=len(manifest) if manifest is not None else 0,
+                      n_real=len(train), n_synthetic=len(kept) if kept is not None else len(manifest) if manifest is not None else 0, filter=filt,
+                      finetuned=[str(p.relative_to(cfg.out_dir)) for p in tuned] if tuned else None,
                       top1=out['top1'], best_top1=out['best_top1'], final_top1=out['final_top1'], best_epoch=out['best_epoch'],
                       top5=out['top5'], report=out['report'], per_class=out['per_class'], history=out['history'],
-                      seconds=dict(split=round(t_split, 2), finetune=round(t_ft, 2), generate=round(t_gen, 2), train=round(t_train, 2)),
+                      seconds=dict(split=round(t_split, 2), finetune=round(t_ft, 2), generate=round(t_gen, 2), filter=round(t_filter, 2), train=round(t_train, 2)),
                       device=str(pick_device(cfg.generator.device)), config=asdict(cfg))
         write_json(result, res_path); paths.append(res_path)
     if until == 'generate': return dict(run=str(run), results=[], table=None)
@@ -341,14 +385,20 @@ def results_table(paths, # results.json files or folders holding them
 _UNIDIFFDA = [  # (dataset folder name, shots, task, classifier settings)
     ('caltech101', 25, 'coarse', dict(batch_size=32, lr=0.01)), ('cifar100', 100, 'coarse', dict(batch_size=32, lr=0.1)),
     ('imagenet100', 250, 'coarse', dict(batch_size=32, lr=0.1)), ('imagenet1k', 25, 'coarse', dict(batch_size=32, lr=0.1)),
-    *[(d, k, 'fine', dict(batch_size=256, lr=0.1, label_smoothing=0.1)) for d in ('cub200', 'aircraft') for k in (1, 5, 10)],
+    *[(d, k, 'fine', dict(batch_size=256, lr=0.1, label_smoothing=0.1)) for d in ('cub200', 'aircraft') for k in (1, 5, 10)],  # metaclass: _METACLASS
     ('blood', 5, 'medical', dict(batch_size=32, lr=0.1)), ('blood', 25, 'medical', dict(batch_size=32, lr=0.1)),
     ('skin', 10, 'medical', dict(batch_size=32, lr=0.1)), ('skin', 50, 'medical', dict(batch_size=32, lr=0.1)),
 ]
 
-def _unidiffda_options(method:str, shots:int, task:str)->dict:
-    "Method options a setting needs: Diff-II pairs a 1-shot class's only image with itself (it has no second image to interpolate with)."
-    return dict(singletons='self') if method == 'diff_ii' and shots == 1 else {}
+_METACLASS = dict(cub200='bird', aircraft='aircraft')  # the fine-grained families, as Diff-Mix's prompts name them
+_P = {('diff_mix', 'cub200', 5): 0.7}  # replacement probabilities UniDiffDA reports for a setting (METHOD_NOTES); others 0.5
+
+def _unidiffda_method(method:str, shots:int, task:str)->MethodConfig:
+    "The method section of a setting: augmentation ratio 5 for every method (UniDiffDA); DA-Fusion with UniDiffDA's TI batch and its fixed strength 0.7 for tuned generators on fine-grained data; Diff-II pairs a 1-shot class's only image with itself."
+    options = dict(singletons='self') if method == 'diff_ii' and shots == 1 else {}
+    strength = 0.7 if method == 'da_fusion' and task == 'fine' else None
+    finetune = dict(ti=dict(total_batch=64, scale_lr=True)) if method == 'da_fusion' else {}  # UniDiffDA's TI: total batch 64, lr scaled
+    return MethodConfig(method, multiplier=5 if get_recipe(method).generation != 'none' else None, strength=strength, options=options, finetune=finetune)
 
 def _unidiffda_strategy(recipe, fine:bool)->str:
     "UniDiffDA: full concatenation on coarse and medical data; random replacement on few-shot fine-grained data (a method's own RR form if it has one, else global); full replacement for a method that uses it (DiffuseMix), everywhere."
@@ -370,18 +420,20 @@ def unidiffda_configs(method:str='real_guidance', # the method of every config
         fine = task == 'fine'
         cfg = ExperimentConfig(
             name=f'{name}-{shots}shot-{method}', seeds=[0, 1, 2], out_dir='runs',
-            data=DataConfig(f'{data_root}/{name}', shots=shots, task=task),
-            method=MethodConfig(method, options=_unidiffda_options(method, shots, task)), generator=GeneratorConfig(**_unidiffda_generator(method)),
+            data=DataConfig(f'{data_root}/{name}', shots=shots, task=task, metaclass=_METACLASS.get(name)),
+            method=_unidiffda_method(method, shots, task), generator=GeneratorConfig(**_unidiffda_generator(method)),
             classifier=ClassifierConfig('resnet50', pretrained=fine,
                                         train=dict(epochs=100 if fine else 200, image_size=224, augment='flipcrop', **train)),
-            utilization=UtilizationConfig(_unidiffda_strategy(recipe, fine), p=0.5 if fine and recipe.utilization != 'fr' else None),
-            notes=('UniDiffDA main-table setting. Epochs are our choice (the paper does not state them); ' +
-                   ('full replacement: the method\'s own utilization, in every setting.' if recipe.utilization == 'fr' else
-                    'fine-grained: random replacement with p chosen by grid search in the paper (0.5 here).')))
+            utilization=UtilizationConfig(_unidiffda_strategy(recipe, fine), p=_P.get((method, name, shots), 0.5) if fine and recipe.utilization != 'fr' else None),
+            notes=('UniDiffDA main-table setting. Epochs are our choice (the paper does not state them); '
+                   + ("full replacement: the method's own utilization, in every setting." if recipe.utilization == 'fr' else
+                      'fine-grained: random replacement with p chosen by grid search in the paper (0.5 where it does not report one).')
+                   + (f" Fine-tuning ({recipe.finetune}): the recipe's UniDiffDA defaults (TI 2000 steps, LoRA 1000; 500 each on medical data; total batch 64)."
+                      if recipe.finetune != 'none' else '')))
         out.append(cfg)
     return out
 
-EXAMPLE_METHODS = ('real_guidance', 'da_fusion', 'gif', 'diff_ii', 'distdiff', 'diffusemix')
+EXAMPLE_METHODS = ('real_guidance', 'da_fusion', 'gif', 'diff_ii', 'distdiff', 'diff_aug', 'diff_mix', 'diffusemix')
 
 def write_example_configs(folder='configs/unidiffda', methods=EXAMPLE_METHODS)->list:
     "Write `unidiffda_configs(m)` for each method as YAML files into `folder`; returns the paths."

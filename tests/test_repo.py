@@ -121,3 +121,14 @@ def test_title_cells_hold_only_title_and_subtitle():
         extra = [l for l in lines[1:] if not (l.startswith('>') or re.match(r'^- [\w-]+:\s', l))]
         if extra: bad.append(f'{nbf.name}: {len(extra)} line(s) besides the title and subtitle, e.g. {extra[0][:60]!r}')
     assert not bad, 'first markdown cells that lose text on the site (move it to the next cell):\n' + '\n'.join(bad)
+
+def test_no_widget_state_or_progress_output():
+    "Committed notebooks carry no ipywidgets state (progress bars saved into the notebook's metadata) and no widget outputs."
+    bad = []
+    for nbf in sorted((ROOT/'nbs').glob('*.ipynb')):
+        nb = json.loads(nbf.read_text())
+        if 'widgets' in nb.get('metadata', {}): bad.append(f'{nbf.name}: widget state in the notebook metadata')
+        for c in nb['cells']:
+            for o in c.get('outputs', []):
+                if 'application/vnd.jupyter.widget-view+json' in o.get('data', {}): bad.append(f"{nbf.name}: a widget output in cell {c.get('id')}")
+    assert not bad, 'remove widget state (progress bars) from committed notebooks:\n' + '\n'.join(bad)

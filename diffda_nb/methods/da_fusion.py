@@ -6,7 +6,7 @@
 __all__ = ['DA_FUSION_STRENGTHS', 'DA_FUSION', 'da_fusion_jobs']
 
 # %% ../../nbs/12_da_fusion.ipynb #8d30d600
-from ..recipes import Recipe, register, sdedit_jobs
+from ..recipes import Recipe, PerTask, register, sdedit_jobs
 
 # %% ../../nbs/12_da_fusion.ipynb #b3536d9b
 DA_FUSION_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
@@ -15,7 +15,7 @@ def da_fusion_jobs(train_set, # the real training images (`data.ImageDataset`)
                    params:dict, # `Recipe.params` + `card`: the Textual Inversion card (classes → tokens)
                    seed:int # the experiment seed
                   )->list:
-    "DA-Fusion's jobs: M SDEdit variants per real image, strength drawn from {0.25, 0.5, 0.75, 1}, prompt naming the class token only."
+    "DA-Fusion's jobs: M SDEdit variants per real image, strength drawn from {0.25, 0.5, 0.75, 1} (or fixed by `strength`), prompt naming the class token only."
     from diffda_nb.finetune import class_prompt
     card = params.get('card')
     if not card or not card.get('tokens'):
@@ -24,13 +24,16 @@ def da_fusion_jobs(train_set, # the real training images (`data.ImageDataset`)
     strengths = params.get('strengths') or DA_FUSION_STRENGTHS
     if isinstance(strengths, (int, float)) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1 for s in strengths):
         raise ValueError(f"da_fusion: option strengths must be a list of numbers in (0, 1], got {strengths!r}")
+    fixed = params.get('strength')
+    if fixed is not None and tuple(strengths) != DA_FUSION_STRENGTHS:
+        raise ValueError(f"da_fusion: both a fixed strength ({fixed}) and a set of strengths ({list(strengths)}) are given; keep one")
     return sdedit_jobs(train_set, params, seed, method='da_fusion',
                        prompt_fn=lambda label, rng: class_prompt(card, label, params['prompt']),
-                       strength_fn=lambda rng: strengths[rng.integers(len(strengths))])
+                       strength_fn=None if fixed is not None else lambda rng: strengths[rng.integers(len(strengths))])
 
 DA_FUSION = register(Recipe(
     'da_fusion', 'DA-Fusion', paper='Trabucco et al., ICLR 2024 (UniDiffDA §3.2)',
     finetune='ti', generation='sdedit', utilization='lrr', p=0.5, multiplier=10,
-    strength={}, prompt='a photo of a {token}', make_jobs=da_fusion_jobs, options=dict(strengths=DA_FUSION_STRENGTHS),
-    finetune_defaults=dict(num_vectors=4, init='class', steps=2000, lr=5e-4, batch_size=8),
+    strength={}, prompt='a photo of a {token}', make_jobs=da_fusion_jobs, options=dict(strengths=DA_FUSION_STRENGTHS, erase=False),
+    finetune_defaults=dict(ti=dict(num_vectors=4, init='class', steps=PerTask(coarse=2000, fine=2000, medical=500), lr=5e-4, batch_size=8)),
     notes='Randomized intensity; prompts never contain the class name (data-centric leakage prevention).'))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from fastcore.basics import patch
 from ..generate import Job, Sampler, SamplerBatch, register_sampler, invert, pipe_fingerprint, _num
-from ..recipes import Recipe, register, job_seed, job_id
+from ..recipes import Recipe, PerTask, register, job_seed, job_id
 
 # %% ../../nbs/14_diff_ii.ipynb #cd30c713
 THETA_EPS = 1e-8   # pairs closer than this angle (radians) are one point: `slerp` uses the finite limit
@@ -235,7 +235,8 @@ DIFF_II = register(Recipe(
     'diff_ii', 'Diff-II', paper='Wang et al., CVPR 2025 (UniDiffDA §3.2)',
     finetune='ti+lora', generation='diff_ii', utilization='class_rr', p=0.5, multiplier=5,
     strength={}, prompt='a photo of a {token} {metaclass}', make_jobs=diff_ii_jobs, make_sampler=diff_ii_sampler,
-    finetune_defaults=dict(ti=dict(num_vectors=1, init='class', steps=2000, lr=5e-4, batch_size=8, grad_accum=8),
-                           lora=dict(steps=1000, lr=5e-6, rank=8, batch_size=8, grad_accum=8)),
+    finetune_defaults=dict(ti=dict(num_vectors=1, init='class', steps=PerTask(coarse=2000, fine=2000, medical=500), lr=5e-4, scale_lr=True,
+                                   batch_size=8, total_batch=64),
+                           lora=dict(steps=PerTask(coarse=1000, fine=1000, medical=500), lr=5e-6, rank=8, batch_size=8, total_batch=64)),
     options=dict(s=0.3, suffixes=list(DIFF_II_SUFFIXES), inversion_steps=200, singletons='skip'),
     notes='DDIM inversion of every image, circle interpolation of same-class pairs, scene suffix while t ≥ 1000·(1 − s); DDIM 25 steps, CFG 7.5.'))

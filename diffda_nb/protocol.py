@@ -192,6 +192,9 @@ def _load_data(cfg:ExperimentConfig):
     from diffda_nb.data import load_dataset
     train_full = load_dataset(cfg.data.name, 'train', root=cfg.data.root)
     test = load_dataset(cfg.data.name, cfg.data.test_split, root=cfg.data.root)
+    if list(train_full.classes) != list(test.classes):  # same names in the same order, or labels would be scored against other classes
+        raise ValueError(f"data: the train and {cfg.data.test_split!r} splits of {cfg.data.name!r} have different classes "
+                         f"(train {list(train_full.classes)}, {cfg.data.test_split} {list(test.classes)}); give both splits the same class folders")
     if cfg.data.metaclass: train_full.metaclass = test.metaclass = cfg.data.metaclass
     if cfg.data.test_limit: test = test.subset(range(min(cfg.data.test_limit, len(test))))
     return train_full, test
@@ -315,7 +318,12 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
         res_path = folder/'results.json'
         util = {k: v for k, v in asdict(cfg.utilization).items() if k != 'filter' or v is not None}   # runs without a filter keep their fingerprints
         fp = fingerprint(cfg.data, cfg.method, cfg.generator, cfg.classifier, util, seed)
-        if res_path.exists() and json.loads(res_path.read_text()).get('fingerprint') == fp: paths.append(res_path); continue
+        if res_path.exists():
+            old = json.loads(res_path.read_text()).get('fingerprint')
+            if old == fp: paths.append(res_path); continue
+            if not force: raise ValueError(f"results.json in {folder} was made with different settings (fingerprint {old} ≠ {fp}); "
+                                           f"use a new experiment name, or force=True / --force to move the old results aside")
+            res_path.rename(folder/f"results.stale-{time.strftime('%Y%m%d-%H%M%S')}.json")
         seed_everything(seed)
         t0 = time.time(); split, train = _split(cfg, train_full, seed, folder); t_split = time.time() - t0
         manifest, t_gen, tuned, t_ft = None, 0.0, None, 0.0

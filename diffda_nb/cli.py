@@ -99,7 +99,8 @@ def _cmd_run(a, until='train'):
     cfg = _load(a)
     if getattr(a, 'dry_run', False):
         chk = check_config(cfg)
-        p = f" (p={chk['p']})" if chk['utilization'] in ('lrr', 'grr', 'class_rr') else ''  # p only where something is replaced at random
+        from diffda_nb.utilization import _RANDOM
+        p = f" (p={chk['p']})" if chk['utilization'] in _RANDOM else ''  # p only where something is replaced at random
         print(f"{a.config}: OK — {cfg.name}: method {chk['method']}, utilization {chk['utilization']}{p}, seeds {cfg.seeds}")
         print(yaml.safe_dump(dict(params={k: v for k, v in chk['params'].items() if k not in ('utilization', 'p', 'card')}), sort_keys=False).rstrip())
         for n in chk['notes']: print(f"note: {n}")

@@ -171,18 +171,19 @@ def fingerprint(*parts)->str:
     norm = [asdict(p) if is_dataclass(p) else p for p in parts]
     return hashlib.sha256(json.dumps(norm, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+def _still_valid(path:Path, old:str, fp:str, force:bool, what:str, where:Path)->bool:
+    "True if `path` was made with fingerprint `fp` (its recorded one is `old`); else refuse, or move it aside when forced (never deleted)."
+    if old == fp: return True
+    if not force:
+        raise ValueError(f"{what} in {where} was made with different settings (fingerprint {old} ≠ {fp}); "
+                         f"use a new experiment name, or force=True / --force to move the old output aside")
+    path.rename(path.with_name(f"{path.stem}.stale-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"))
+    return False
+
 def _stage_done(folder:Path, fp:str, force:bool, what:str)->bool:
     "True if `folder` holds a finished stage with fingerprint `fp`; moves a stale one aside when forced."
     marker = folder/'stage.json'
-    if not marker.exists():
-        return False
-    old = json.loads(marker.read_text()).get('fingerprint')
-    if old == fp: return True
-    if not force:
-        raise ValueError(f"{what} in {folder} was made with different settings (fingerprint {old} ≠ {fp}); "
-                         f"use a new experiment name, or force=True / --force to move the old output aside")
-    folder.rename(folder.with_name(f"{folder.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}"))
-    return False
+    return marker.exists() and _still_valid(folder, json.loads(marker.read_text()).get('fingerprint'), fp, force, what, folder)
 
 def _mark_done(folder:Path, fp:str, **info):
     write_json(dict(fingerprint=fp, finished=time.strftime('%Y-%m-%d %H:%M:%S'), **info), folder/'stage.json')
@@ -318,12 +319,8 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
         res_path = folder/'results.json'
         util = {k: v for k, v in asdict(cfg.utilization).items() if k != 'filter' or v is not None}   # runs without a filter keep their fingerprints
         fp = fingerprint(cfg.data, cfg.method, cfg.generator, cfg.classifier, util, seed)
-        if res_path.exists():
-            old = json.loads(res_path.read_text()).get('fingerprint')
-            if old == fp: paths.append(res_path); continue
-            if not force: raise ValueError(f"results.json in {folder} was made with different settings (fingerprint {old} ≠ {fp}); "
-                                           f"use a new experiment name, or force=True / --force to move the old results aside")
-            res_path.rename(folder/f"results.stale-{time.strftime('%Y%m%d-%H%M%S')}.json")
+        if res_path.exists() and _still_valid(res_path, json.loads(res_path.read_text()).get('fingerprint'), fp, force, 'results.json', folder):
+            paths.append(res_path); continue
         seed_everything(seed)
         t0 = time.time(); split, train = _split(cfg, train_full, seed, folder); t_split = time.time() - t0
         manifest, t_gen, tuned, t_ft = None, 0.0, None, 0.0

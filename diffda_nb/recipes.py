@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['TASK_TYPES', 'FINETUNE_STAGES', 'METHODS', 'BASELINE', 'check_task', 'job_seed', 'job_id', 'stage_settings',
-           'PerTask', 'Recipe', 'register', 'get_recipe', 'import_methods', 'format_prompt', 'sdedit_jobs',
-           'methods_table']
+           'PerTask', 'Recipe', 'register', 'get_recipe', 'import_methods', 'format_prompt', 'strength_rule',
+           'sdedit_jobs', 'methods_table']
 
 # %% ../nbs/10_recipes.ipynb #39cdcd4c
 from dataclasses import dataclass, field, asdict
@@ -105,7 +105,7 @@ class Recipe:
     def __post_init__(self):
         if self.utilization not in UTILIZATIONS: raise ValueError(f"Recipe {self.name!r}: utilization {self.utilization!r} is not one of {list(UTILIZATIONS)}")
         for t in self.strength: check_task(t)
-        clash = set(self.options) & {'multiplier', 'strength', 'prompt', 'p', 'utilization', 'steps', 'guidance', 'finetune', 'card'}
+        clash = set(self.options) & {*_COMMON, 'p', 'utilization', 'card', 'given'}
         if clash: raise ValueError(f"Recipe {self.name!r}: options {sorted(clash)} clash with the common parameters")
         if self.generation != 'none' and self.make_jobs is None: raise ValueError(f"Recipe {self.name!r}: generation {self.generation!r} needs a make_jobs hook")
         if self.generation == 'none': self.unused = tuple(_COMMON)
@@ -190,6 +190,18 @@ def format_prompt(template:str, train_set, label:int)->str:
     meta = getattr(train_set, 'metaclass', None) or ''
     try: return ' '.join(template.format(name=names[label], metaclass=meta).split())
     except (KeyError, IndexError) as e: raise ValueError(f"prompt template {template!r}: unknown field {e} (use {{name}} and {{metaclass}})") from None
+
+def strength_rule(params:dict, # `Recipe.params`: `strength`, the option `strengths` and `given`
+                  method:str # named in errors
+                 ):
+    "`strength_fn` for `sdedit_jobs`: a uniform draw from the option `strengths`, or None (the fixed `strength`) when the config sets one or there is no set."
+    sset, given = params.get('strengths'), params.get('given', ())
+    if 'strength' in given and 'strengths' in given:
+        raise ValueError(f"{method}: both a fixed strength ({params['strength']}) and a set of strengths ({params['strengths']}) are given; keep one")
+    if sset is None or 'strength' in given: return None
+    if isinstance(sset, (int, float)) or not len(sset) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1 for s in sset):
+        raise ValueError(f"{method}: option strengths must be a non-empty list of numbers in (0, 1], got {sset!r}")
+    return lambda rng: sset[rng.integers(len(sset))]
 
 def sdedit_jobs(train_set, # the real training images (`data.ImageDataset`)
                 params:dict, # the method's parameters (`Recipe.params`): multiplier, strength, prompt, steps, guidance

@@ -6,7 +6,7 @@
 __all__ = ['DA_FUSION_STRENGTHS', 'DA_FUSION', 'da_fusion_jobs']
 
 # %% ../../nbs/12_da_fusion.ipynb #8d30d600
-from ..recipes import Recipe, PerTask, register, sdedit_jobs
+from ..recipes import Recipe, PerTask, register, sdedit_jobs, strength_rule
 
 # %% ../../nbs/12_da_fusion.ipynb #b3536d9b
 DA_FUSION_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
@@ -21,15 +21,9 @@ def da_fusion_jobs(train_set, # the real training images (`data.ImageDataset`)
     if not card or not card.get('tokens'):
         raise ValueError("da_fusion: needs the Textual Inversion card of a fine-tuned generator (params['card'] with 'tokens'); run stage ① first")
     if len(card['tokens']) != len(train_set.classes): raise ValueError(f"da_fusion: the card has {len(card['tokens'])} class tokens, the dataset {len(train_set.classes)} classes")
-    strengths = params.get('strengths') or DA_FUSION_STRENGTHS
-    if isinstance(strengths, (int, float)) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1 for s in strengths):
-        raise ValueError(f"da_fusion: option strengths must be a list of numbers in (0, 1], got {strengths!r}")
-    fixed = params.get('strength')
-    if fixed is not None and tuple(strengths) != DA_FUSION_STRENGTHS:
-        raise ValueError(f"da_fusion: both a fixed strength ({fixed}) and a set of strengths ({list(strengths)}) are given; keep one")
     return sdedit_jobs(train_set, params, seed, method='da_fusion',
                        prompt_fn=lambda label, rng: class_prompt(card, label, params['prompt']),
-                       strength_fn=None if fixed is not None else lambda rng: strengths[rng.integers(len(strengths))])
+                       strength_fn=strength_rule(params, 'da_fusion'))
 
 DA_FUSION = register(Recipe(
     'da_fusion', 'DA-Fusion', paper='Trabucco et al., ICLR 2024 (UniDiffDA §3.2)',

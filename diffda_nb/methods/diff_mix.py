@@ -7,7 +7,7 @@ __all__ = ['DIFF_MIX_STRENGTHS', 'DIFF_AUG', 'DIFF_MIX', 'diff_mix_label', 'diff
 
 # %% ../../nbs/17_diff_mix.ipynb #f9760ac6
 import numpy as np
-from ..recipes import Recipe, PerTask, register, sdedit_jobs
+from ..recipes import Recipe, PerTask, register, sdedit_jobs, strength_rule
 
 # %% ../../nbs/17_diff_mix.ipynb #8641db8f
 def diff_mix_label(source:int, # the real image's class y_s
@@ -48,16 +48,6 @@ def diff_aug_jobs(train_set, # the real training images (`data.ImageDataset`)
     return sdedit_jobs(train_set, params, seed, method='diff_aug', prompt_fn=_prompt_fn(card, params))
 
 # %% ../../nbs/17_diff_mix.ipynb #81442066
-def _strength_draw(params:dict, method:str):
-    "The strength rule: a fixed `strength`, or a uniform draw from the option `strengths` (never both)."
-    sset = params.get('strengths')
-    if sset is None: return None
-    if isinstance(sset, (int, float)) or not len(sset) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1 for s in sset):
-        raise ValueError(f"{method}: option strengths must be a non-empty list of numbers in (0, 1], got {sset!r}")
-    if 'strength' in params.get('given', ()):
-        raise ValueError(f"{method}: both a fixed strength ({params['strength']}) and a set of strengths ({list(sset)}) are given; keep one")
-    return lambda rng: sset[rng.integers(len(sset))]
-
 def diff_mix_jobs(train_set, # the real training images (`data.ImageDataset`)
                   params:dict, # `Recipe.params` (+ options gamma, strengths) + `card`
                   seed:int # the experiment seed
@@ -67,7 +57,7 @@ def diff_mix_jobs(train_set, # the real training images (`data.ImageDataset`)
     gamma = params['gamma']
     if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not gamma > 0: raise ValueError(f"diff_mix: option gamma must be a number > 0, got {gamma!r}")
     return sdedit_jobs(train_set, params, seed, method='diff_mix', prompt_fn=_prompt_fn(card, params),
-                       strength_fn=_strength_draw(params, 'diff_mix'),
+                       strength_fn=strength_rule(params, 'diff_mix'),
                        target_fn=lambda label, rng: (int(rng.integers(C)), None),
                        label_fn=lambda job: diff_mix_label(job.source_class, job.target_class, job.strength, gamma))
 

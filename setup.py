@@ -38,7 +38,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['diffda_nb', 'diffda_nb.*']),
     include_package_data=True,
     install_requires=reqs('requirements'),
-    extras_require={'dev': reqs('dev_requirements')},
+    # every `<name>_requirements` key of settings.ini is the extra `[name]` (dev, notebooks, …)
+    extras_require={k[:-len('_requirements')]: reqs(k) for k in cfg if k.endswith('_requirements') and k != 'requirements'},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),

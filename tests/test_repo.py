@@ -9,6 +9,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+def _site_notebooks():
+    "Every notebook of the site: under nbs/ (tutorials included), not under a `_`/`.` name."
+    nbs = ROOT/'nbs'
+    return sorted(p for p in nbs.rglob('*.ipynb') if not any(x.startswith(('_', '.')) for x in p.relative_to(nbs).parts))
+
 def _shipped_files():
     "Tracked files plus untracked, not-ignored ones (what a commit of the working tree would hold)."
     out = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=ROOT,
@@ -98,7 +103,7 @@ def test_import_cells_hold_only_imports():
     "Docs builds run every cell containing an import (even one nested in a function): such cells must hold imports only."
     import ast, json
     bad = []
-    for nbf in sorted((ROOT/'nbs').glob('*.ipynb')):
+    for nbf in _site_notebooks():
         for i, c in enumerate(json.loads(nbf.read_text())['cells']):
             if c['cell_type'] != 'code': continue
             src = ''.join(c['source'])
@@ -113,7 +118,7 @@ def test_import_cells_hold_only_imports():
 def test_title_cells_hold_only_title_and_subtitle():
     "nbdev 2 turns a notebook's first markdown cell into page metadata and drops the rest of it from the site: it may hold only `# Title`, `> subtitle` and `- key: value` frontmatter."
     bad = []
-    for nbf in sorted((ROOT/'nbs').glob('*.ipynb')):
+    for nbf in _site_notebooks():
         md = [c for c in json.loads(nbf.read_text())['cells'] if c['cell_type'] == 'markdown']
         if not md: bad.append(f'{nbf.name}: no markdown cell'); continue
         lines = [l for l in ''.join(md[0]['source']).splitlines() if l.strip()]
@@ -125,10 +130,41 @@ def test_title_cells_hold_only_title_and_subtitle():
 def test_no_widget_state_or_progress_output():
     "Committed notebooks carry no ipywidgets state (progress bars saved into the notebook's metadata) and no widget outputs."
     bad = []
-    for nbf in sorted((ROOT/'nbs').glob('*.ipynb')):
+    for nbf in _site_notebooks():
         nb = json.loads(nbf.read_text())
         if 'widgets' in nb.get('metadata', {}): bad.append(f'{nbf.name}: widget state in the notebook metadata')
         for c in nb['cells']:
             for o in c.get('outputs', []):
                 if 'application/vnd.jupyter.widget-view+json' in o.get('data', {}): bad.append(f"{nbf.name}: a widget output in cell {c.get('id')}")
     assert not bad, 'remove widget state (progress bars) from committed notebooks:\n' + '\n'.join(bad)
+
+_MACHINE_PATH = re.compile(r'(?<![\w.])/(?:work|tmp|home|root|usr|opt|var|mnt)/[\w.-]+')
+_PROGRESS = re.compile(r'\d+%\|')
+
+def test_outputs_have_no_stderr_progress_or_machine_paths():
+    "Committed outputs are what a reader sees on the site: no stderr (warnings), no progress bars, no absolute path of the machine that ran them."
+    bad = []
+    for nbf in _site_notebooks():
+        for i, c in enumerate(json.loads(nbf.read_text())['cells']):
+            for o in c.get('outputs', []):
+                if o.get('output_type') == 'stream' and o.get('name') == 'stderr': bad.append(f'{nbf.name} cell {i}: stderr output')
+                texts = [o.get('text', '')] + [v for k, v in o.get('data', {}).items() if k.startswith('text/')]
+                txt = ''.join(''.join(t) if isinstance(t, list) else str(t) for t in texts)
+                if _PROGRESS.search(txt): bad.append(f'{nbf.name} cell {i}: a progress bar')
+                if m := _MACHINE_PATH.search(txt): bad.append(f'{nbf.name} cell {i}: a machine path {m.group(0)!r}')
+    assert not bad, 'clear or re-run these outputs:\n' + '\n'.join(bad)
+
+def test_sidebar_lists_every_notebook_once():
+    "The grouped sidebar (nbs/sidebar.yml, custom_sidebar = True) holds every page of the site exactly once, and nothing else."
+    import yaml
+    from collections import Counter
+    side = yaml.safe_load((ROOT/'nbs'/'sidebar.yml').read_text())['website']['sidebar']['contents']
+    def walk(items):
+        for it in items:
+            if isinstance(it, dict): yield from walk(it.get('contents', []))
+            else: yield it
+    listed = Counter(walk(side))
+    pages = {p.relative_to(ROOT/'nbs').as_posix() for p in _site_notebooks()}
+    assert not [k for k, v in listed.items() if v > 1], f'listed twice: {[k for k, v in listed.items() if v > 1]}'
+    assert set(listed) == pages, f'missing from nbs/sidebar.yml: {sorted(pages - set(listed))}; listed but not a notebook: {sorted(set(listed) - pages)}'
+    assert 'custom_sidebar = True' in (ROOT/'settings.ini').read_text(), 'settings.ini must say custom_sidebar = True, or nbdev_docs rewrites the sidebar'

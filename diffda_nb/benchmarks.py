@@ -9,7 +9,7 @@ __all__ = ['BENCHMARKS', 'IMAGENET100_WNIDS', 'BLOOD_CLASSES', 'SKIN_CLASSES', '
            'load_benchmark', 'benchmarks_table', 'fetch_benchmark', 'dataset_note', 'write_fixture', 'TableConfig',
            'table_configs', 'write_table_configs']
 
-# %% ../nbs/07_benchmarks.ipynb #f8e389f6
+# %% ../nbs/07_benchmarks.ipynb #93232ba8
 import functools, json, os, pickle, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ from PIL import Image
 
 from .data import (ImageDataset, BUILTIN_DATASETS, IMAGE_EXTENSIONS, data_cache, prompt_name, _log)
 
-# %% ../nbs/07_benchmarks.ipynb #a29fb295
+# %% ../nbs/07_benchmarks.ipynb #ac7873cd
 def data_root()->Path:
     "Where the benchmark datasets live: `$DIFFDA_DATA`, else `data_cache()` (`~/.cache/diffda_nb/data`)."
     return Path(os.environ.get('DIFFDA_DATA') or data_cache()).expanduser()
@@ -27,7 +27,7 @@ def data_root()->Path:
 class DatasetNotFound(FileNotFoundError):
     "A benchmark dataset is not on disk; the message says where it was looked for and how to get it."
 
-# %% ../nbs/07_benchmarks.ipynb #2dbd5448
+# %% ../nbs/07_benchmarks.ipynb #973b51f1
 @dataclass
 class Benchmark:
     "One dataset of the papers: where it lives, how its layout is parsed, and what the papers do with it."
@@ -62,7 +62,7 @@ def get_benchmark(name:str)->Benchmark:
     if key not in BENCHMARKS: raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
     return BENCHMARKS[key]
 
-# %% ../nbs/07_benchmarks.ipynb #1935a022
+# %% ../nbs/07_benchmarks.ipynb #1cf04168
 def fetch_command(name:str, root=None)->str:
     "The shell command that fetches benchmark `name` into `root` (default: the data root)."
     b = get_benchmark(name)
@@ -86,7 +86,7 @@ def is_present(name:str, root=None)->bool:
     try: locate(name, root); return True
     except DatasetNotFound: return False
 
-# %% ../nbs/07_benchmarks.ipynb #2c604f0b
+# %% ../nbs/07_benchmarks.ipynb #a1a884b0
 def _select_classes(ds:ImageDataset, keep)->ImageDataset:
     "Only the items of classes `keep` (label indices, in that order), relabelled 0..len(keep)-1."
     keep = [int(k) for k in keep]; new = {c: i for i, c in enumerate(keep)}
@@ -116,7 +116,7 @@ def load_benchmark(name:str, # a registered benchmark
         ds = _select_classes(ds, class_subset(ds.num_classes, *b.classes_subset)); ds.info['classes_subset'] = list(b.classes_subset)
     return ds
 
-# %% ../nbs/07_benchmarks.ipynb #2bc24696
+# %% ../nbs/07_benchmarks.ipynb #2345b11c
 def _lines(path:Path)->list:
     "Non-empty lines of a text file, stripped; a missing file is an error naming it."
     if not path.is_file(): raise FileNotFoundError(f"expected file {path} (is the dataset unpacked completely?)")
@@ -134,7 +134,7 @@ def _holdout(labels, n_train:int, split:str, seed:int=0)->list:
 def _pick(items, labels, idx):
     return [items[i] for i in idx], [labels[i] for i in idx]
 
-# %% ../nbs/07_benchmarks.ipynb #5f3b85bd
+# %% ../nbs/07_benchmarks.ipynb #4058e811
 _CALTECH_PROMPTS = {'Faces': 'face', 'Faces_easy': 'face', 'Leopards': 'leopard', 'Motorbikes': 'motorbike',
                     'airplanes': 'airplane', 'BACKGROUND_Google': 'background'}
 
@@ -159,7 +159,7 @@ def _parse_cifar100(folder:Path, split:str):
     x = np.asarray(d['data'], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return dict(items=np.ascontiguousarray(x), labels=list(d['fine_labels']), classes=list(meta['fine_label_names']))
 
-# %% ../nbs/07_benchmarks.ipynb #68176124
+# %% ../nbs/07_benchmarks.ipynb #47df695e
 IMAGENET100_WNIDS = (  # the ImageNet-100 of CMC (Tian et al. 2020), github.com/HobbitLong/CMC/blob/master/imagenet100.txt, in that file's order
     'n02869837 n01749939 n02488291 n02107142 n13037406 n02091831 n04517823 n04589890 n03062245 n01773797 '
     'n01735189 n07831146 n07753275 n03085013 n04485082 n02105505 n01983481 n02788148 n03530642 n04435653 '
@@ -205,7 +205,7 @@ def _parse_imagenet(folder:Path, split:str, wnids=None, fraction:float=None):
     return dict(items=items, labels=labels, classes=classes, info=info,
                 prompt_names=[names[w].split(',')[0].strip() if w in names else w for w in classes])
 
-# %% ../nbs/07_benchmarks.ipynb #0211bb44
+# %% ../nbs/07_benchmarks.ipynb #91a987a2
 def _ids(path:Path)->dict:
     "'<id> <rest>' lines as {id: rest}."
     return dict(l.split(' ', 1) for l in _lines(path))
@@ -241,7 +241,7 @@ def _parse_flowers(folder:Path, split:str):
     return dict(items=[folder/'jpg'/f'image_{i:05d}.jpg' for i in ids], labels=[int(labels[i - 1]) for i in ids],
                 classes=list(Flowers102.classes))
 
-# %% ../nbs/07_benchmarks.ipynb #fb28837c
+# %% ../nbs/07_benchmarks.ipynb #11ae7963
 def _parse_cars(folder:Path, split:str):
     "stanford_cars/ (torchvision's layout): devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_test_annos_withlabels.mat, cars_train/, cars_test/."
     from scipy.io import loadmat
@@ -269,7 +269,7 @@ def _parse_dtd(folder:Path, split:str, partition:int=1):
     return dict(items=[folder/'images'/r for r in rows], labels=[col[r.split('/')[0]] for r in rows], classes=classes,
                 info=dict(partition=partition))
 
-# %% ../nbs/07_benchmarks.ipynb #f837615d
+# %% ../nbs/07_benchmarks.ipynb #64896e00
 BLOOD_CLASSES = ['basophil', 'eosinophil', 'erythroblast', 'immature granulocytes', 'lymphocyte', 'monocyte', 'neutrophil', 'platelet']
 SKIN_CLASSES = ['actinic keratoses and intraepithelial carcinoma', 'basal cell carcinoma', 'benign keratosis-like lesions',
                 'dermatofibroma', 'melanoma', 'melanocytic nevi', 'vascular lesions']   # MedMNIST's label order
@@ -280,7 +280,7 @@ def _parse_medmnist(folder:Path, split:str, flag:str, classes:list):
     with np.load(f) as z: x, y = z[f'{split}_images'], z[f'{split}_labels'].reshape(-1).astype(int)
     return dict(items=x, labels=y.tolist(), classes=classes, info=dict(file=f.name))
 
-# %% ../nbs/07_benchmarks.ipynb #18074f42
+# %% ../nbs/07_benchmarks.ipynb #4691acb4
 SEMI_INAT_LEVELS = ('species', 'family', 'order')
 
 def _parse_semi_inat(folder:Path, split:str, level:str='species'):
@@ -310,7 +310,7 @@ def _parse_domainnet(folder:Path, split:str, domain:str='real'):
     return dict(items=[folder/p for p, _ in rows], labels=[int(l) for _, l in rows], classes=[names[i] for i in range(len(names))],
                 info=dict(domain=domain))
 
-# %% ../nbs/07_benchmarks.ipynb #ed9201a4
+# %% ../nbs/07_benchmarks.ipynb #12bae69a
 def _parse_coco(folder:Path, split:str):
     "COCO 2017: annotations/instances_{train,val}2017.json; an image's label is the category of its largest non-crowd object (DA-Fusion)."
     part = 'train2017' if split == 'train' else 'val2017'
@@ -348,7 +348,7 @@ def _parse_pascal(folder:Path, split:str):
     return dict(items=[folder/'JPEGImages'/f'{ids[j]}.jpg' for j in keep], labels=[lab[j] - 1 for j in keep],
                 classes=VOC_CLASSES, prompt_names=VOC_PROMPT_NAMES)
 
-# %% ../nbs/07_benchmarks.ipynb #a9ad46c9
+# %% ../nbs/07_benchmarks.ipynb #c3e78437
 _B = Benchmark
 _MANUAL_IMAGENET = ('manual: register at https://image-net.org, put ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and '
                     'ILSVRC2012_devkit_t12.tar.gz into <root>/imagenet, then run `diffda datasets --fetch imagenet1k` to unpack them '
@@ -399,7 +399,7 @@ for b in [   # coarse-grained
        fetch='torchvision:DTD', size='≈ 0.6 GB', licence='research use', tables='DistDiff T1'),
 ]: register_benchmark(b)
 
-# %% ../nbs/07_benchmarks.ipynb #ac5dbbf4
+# %% ../nbs/07_benchmarks.ipynb #26eff85e
 for b in [   # medical, long-tailed, multi-domain
     _B('blood', 'Blood cells (BloodMNIST, Acevedo et al.)', ('medmnist',), 'bloodmnist_224.npz', _parse_medmnist, task='medical',
        kw=dict(flag='bloodmnist', classes=BLOOD_CLASSES), splits=('train', 'val', 'test'),
@@ -424,7 +424,7 @@ for b in [   # medical, long-tailed, multi-domain
          size='≈ 19 GB (all six domains)', licence='research use (fair use, no licence given)', tables='UniDiffDA T7') for dm in DOMAINNET_DOMAINS],
 ]: register_benchmark(b)
 
-# %% ../nbs/07_benchmarks.ipynb #0446e515
+# %% ../nbs/07_benchmarks.ipynb #bcf04c13
 for b in [   # DA-Fusion's object-classification versions of detection data
     _B('coco', 'COCO 2017 (largest object)', ('coco',), 'annotations/instances_val2017.json', _parse_coco,
        paper_split='DA-Fusion: official 2017 train / val; label = largest object; 20 random classes', source='cocodataset.org',
@@ -436,14 +436,14 @@ for b in [   # DA-Fusion's object-classification versions of detection data
        tables='DA-Fusion Fig. 5, 8, 9, 12, 14'),
 ]: register_benchmark(b)
 
-# %% ../nbs/07_benchmarks.ipynb #4e8b1f58
+# %% ../nbs/07_benchmarks.ipynb #198c11b8
 for base in ('caltech101', 'flowers102', 'aircraft', 'cars', 'coco', 'pascal'):   # DA-Fusion's 20-way tasks (its classes are in its code, not the paper: ours are drawn with seed 0)
     b = BENCHMARKS[base]
     register_benchmark(_B(f'{base}_dafusion', f'{b.title}, 20 classes (DA-Fusion)', b.folders, b.marker, b.parse, b.task, b.metaclass, b.splits, b.kw,
                           classes_subset=(20, 0), paper_split='DA-Fusion: 20 classes drawn at random (its list is in its code, not the paper); ours: seeded draw (seed 0)',
                           source=b.source, fetch=b.fetch, size=f'(the {base} files)', licence=b.licence, tables='DA-Fusion Fig. 5'))
 
-# %% ../nbs/07_benchmarks.ipynb #530bea7a
+# %% ../nbs/07_benchmarks.ipynb #52ce00fb
 def benchmarks_table(root=None, # data root to check presence under (default: `data_root()`)
                      names=None, # benchmarks to list (default: all, variants included)
                      present:bool=True # add a column saying whether each is on disk
@@ -457,7 +457,7 @@ def benchmarks_table(root=None, # data root to check presence under (default: `d
                     + ((' yes |' if is_present(b.name, root) else ' no |') if present else ''))
     return '\n'.join(rows)
 
-# %% ../nbs/07_benchmarks.ipynb #b9bbf8e1
+# %% ../nbs/07_benchmarks.ipynb #3162ec2e
 _INTO_ROOT = {'cub200', 'pascal'}   # archives that hold their own top folder
 
 def _download(url:str, dest:Path, progress:bool=True)->Path:
@@ -503,7 +503,7 @@ def dataset_note(name:str, root=None)->str:
     how = f"`{fetch_command(b.name, root)}`" if not b.fetch.startswith('manual') else b.fetch
     return f"data.name: {b.name} is not on disk here (needed for a real run); get it with {how}"
 
-# %% ../nbs/07_benchmarks.ipynb #4192e50c
+# %% ../nbs/07_benchmarks.ipynb #84737aee
 def _img(path:Path, c:int, i:int, size:int=8):
     "A tiny PNG (whatever the file's extension says) filled with (c, i, 7): its class and index can be read back exactly."
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -531,7 +531,7 @@ def _fx_imagenet(d, n_val=1):
         for i in range(2 + 8 * (c % 2)): _img(d/'train'/w/f'{w}_{i}.JPEG', c % 256, i, 4)
         for i in range(n_val): _img(d/'val'/w/f'ILSVRC2012_val_{c:05d}{i}.JPEG', c % 256, i, 4)
 
-# %% ../nbs/07_benchmarks.ipynb #6db9fda0
+# %% ../nbs/07_benchmarks.ipynb #315c395a
 def _fx_cub(d, n=4):
     classes = ['001.Black_footed_Albatross', '002.Laysan_Albatross', '003.Sooty_Albatross']
     _txt(d/'classes.txt', [f'{j + 1} {c}' for j, c in enumerate(classes)])
@@ -570,7 +570,7 @@ def _fx_cars(d):
         for k in range(6): _img(d/folder/f'{k + 1:05d}.jpg', int(a['class'][k]) - 1, k)
         savemat(mat, {'annotations': a[None]})
 
-# %% ../nbs/07_benchmarks.ipynb #a7b37266
+# %% ../nbs/07_benchmarks.ipynb #2a3dd62b
 def _fx_pets(d):
     breeds = [('Abyssinian', 1), ('american_bulldog', 2), ('Bengal', 1)]
     for split, n in (('trainval', 3), ('test', 2)):
@@ -596,7 +596,7 @@ def _fx_medmnist(d, flag, n_classes):
         arrays[f'{s}_labels'] = lab[:, None].astype(np.uint8)
     np.savez(d/f'{flag}_224.npz', **arrays)
 
-# %% ../nbs/07_benchmarks.ipynb #402fa3a6
+# %% ../nbs/07_benchmarks.ipynb #7066db99
 def _fx_semi_inat(d):
     taxa = [('Danaus plexippus', 'Nymphalidae', 'Lepidoptera'), ('Vanessa atalanta', 'Nymphalidae', 'Lepidoptera'),
             ('Papilio machaon', 'Papilionidae', 'Lepidoptera'), ('Amanita muscaria', 'Amanitaceae', 'Agaricales')]
@@ -642,7 +642,7 @@ def _fx_pascal(d):
         Image.fromarray(obj.reshape(8, 8)).save(d/'SegmentationObject'/f'{i}.png'); Image.fromarray(cls.reshape(8, 8)).save(d/'SegmentationClass'/f'{i}.png')
         _img(d/'JPEGImages'/f'{i}.jpg', objs[0][0] if objs else 0, 0)
 
-# %% ../nbs/07_benchmarks.ipynb #74022c1d
+# %% ../nbs/07_benchmarks.ipynb #6d45d3fd
 _FIXTURES = dict(caltech101=_fx_caltech, cifar100=_fx_cifar, imagenet1k=_fx_imagenet, cub200=_fx_cub, aircraft=_fx_aircraft,
                  flowers102=_fx_flowers, cars=_fx_cars, pets=_fx_pets, dtd=_fx_dtd, blood=lambda d: _fx_medmnist(d, 'bloodmnist', 8),
                  skin=lambda d: _fx_medmnist(d, 'dermamnist', 7), semi_inat_species=_fx_semi_inat, domainnet_real=_fx_domainnet,
@@ -658,7 +658,7 @@ def write_fixture(name:str, # a benchmark (variants share their base's files: 'i
     folder = Path(root)/b.folders[0]; fx(folder)
     return folder
 
-# %% ../nbs/07_benchmarks.ipynb #1cad694e
+# %% ../nbs/07_benchmarks.ipynb #f439b20b
 @dataclass
 class TableConfig:
     "One cell of a paper's table as a runnable experiment, and where each of its values comes from."
@@ -690,7 +690,7 @@ def _methods(rows)->list:
     import_methods()
     return [r for r in rows if r in _EXTRA_ROWS or r in METHODS]
 
-# %% ../nbs/07_benchmarks.ipynb #c9e225b5
+# %% ../nbs/07_benchmarks.ipynb #1ae6ae92
 _UNI_ROWS = dict(t2=('baseline', 'mixup', 'cutmix', 'real_guidance', 'gif', 'diffusemix', 'da_fusion', 'diff_aug', 'diff_mix'),
                  t3=('baseline', 'mixup', 'cutmix', 'real_guidance', 'gif', 'diffusemix', 'da_fusion', 'diff_aug', 'diff_mix', 'diff_ii'),
                  t5=('baseline', 'mixup', 'cutmix', 'real_guidance', 'gif', 'da_fusion', 'diff_aug', 'diff_mix'),
@@ -727,7 +727,7 @@ def _unidiffda_rows()->list:
             out.append(TableConfig(c, 'unidiffda', t, row, f'{name} {shots}-shot', prov))
     return out
 
-# %% ../nbs/07_benchmarks.ipynb #ac22fd84
+# %% ../nbs/07_benchmarks.ipynb #4d6e8ef4
 def _base_config(name:str, data:dict, method:str, train:dict, seeds, pretrained:bool, util:dict=None, generator:dict=None, **method_kw):
     "An `ExperimentConfig` from plain parts (utilization: the method's own default unless given)."
     from diffda_nb.protocol import ExperimentConfig, DataConfig, MethodConfig, GeneratorConfig, ClassifierConfig, UtilizationConfig
@@ -766,7 +766,7 @@ def _unidiffda_hard()->list:
             out.append(TableConfig(c, 'unidiffda', 't7', row, dm, prov7))
     return out
 
-# %% ../nbs/07_benchmarks.ipynb #24bc03fc
+# %% ../nbs/07_benchmarks.ipynb #1e91f1e8
 DAFUSION_SHOTS = (1, 2, 4, 8, 16)
 
 def _dafusion_rows()->list:
@@ -791,7 +791,7 @@ def _dafusion_rows()->list:
                 out.append(TableConfig(c, 'dafusion', 'fig5', row, f'{ds} {k}-shot', p))
     return out
 
-# %% ../nbs/07_benchmarks.ipynb #326bacb0
+# %% ../nbs/07_benchmarks.ipynb #b6fcabac
 def _distdiff_rows()->list:
     "DistDiff Table 1: six datasets × (original, Cutout, GridMask, RandAugment, GIF-SD, DistDiff), 5× expansion, ResNet-50 from scratch."
     out = []
@@ -829,7 +829,7 @@ def _burg_rows()->list:
         out.append(TableConfig(c, 'burg', 't1', row, '10% ImageNet', prov))
     return out
 
-# %% ../nbs/07_benchmarks.ipynb #e54091be
+# %% ../nbs/07_benchmarks.ipynb #6a67378f
 def table_configs(papers=('unidiffda', 'dafusion', 'distdiff', 'burg') # which papers' tables
                  )->list:
     "Every row × column of the papers' tables as `TableConfig`s, for the methods registered now (later methods are picked up)."

@@ -710,7 +710,7 @@ _UNI_PROV = {'data.shots': 'paper: UniDiffDA §4.1 (task configurations)', 'data
 def _unidiffda_rows()->list:
     "UniDiffDA Tables 2–5 from `protocol.unidiffda_configs` (the settings every method notebook checks), on the built-in benchmarks."
     from dataclasses import replace
-    from diffda_nb.protocol import unidiffda_configs, DataConfig, MethodConfig
+    from diffda_nb.protocol import unidiffda_configs, _P
     out = []
     for row in _methods(_UNI_ROWS['t3']):
         for c in unidiffda_configs('baseline' if row in _EXTRA_ROWS else row):
@@ -719,6 +719,7 @@ def _unidiffda_rows()->list:
             if row not in _UNI_ROWS['t5' if t == 't5' else 't2' if t == 't2' else 't3']: continue
             c = replace(c, name=f'unidiffda-{t}-{name}-{shots}shot-{row}', data=replace(c.data, name=name), notes='')
             prov = dict(_UNI_PROV)
+            if (row, name, shots) in _P: prov['utilization.p'] = 'paper: reported for this setting (METHOD_NOTES)'
             if t == 't5' and row in ('real_guidance', 'gif', 'diff_aug', 'diff_mix'):
                 c = replace(c, method=replace(c.method, strength=0.7 if row == 'diff_mix' else 0.3)); prov['method.strength'] = 'paper: §4.2.3 (0.3; Diff-Mix 0.7)'
                 if row == 'gif': prov['method.finetune'] = 'ours: untuned; the paper runs GIF on the fine-tuned Diff-Aug/Diff-Mix model for medical data'
@@ -774,7 +775,7 @@ def _dafusion_rows()->list:
     out = []
     prov = {'data.name': 'paper: 20 random classes (ours: drawn with seed 0)', 'data.shots': 'paper: the x-axis of Fig. 5', 'seeds': 'paper: 4 trials',
             'method.multiplier': 'paper: App. G (10 synthetic images per real)', 'method.strength': 'paper: App. G (Real Guidance 0.5)',
-            'utilization.p': 'paper: App. G (synthetic probability 0.5)', 'generator.model': 'paper: CompVis/stable-diffusion-v1-4',
+            'utilization.p': 'paper: App. G (synthetic probability 0.5)', 'utilization.strategy': 'paper: §4.2 (a real image is swapped for one of its own synthetic variants with probability p: LRR)', 'generator.model': 'paper: CompVis/stable-diffusion-v1-4',
             'classifier.pretrained': 'paper: ImageNet ResNet-50', 'classifier.train.batch_size': 'paper: App. G (32)',
             'classifier.train.lr': 'ours: 0.01 SGD; the paper trains the linear head only with Adam 1e-4 for 10,000 steps (its protocol is issue 16 item 3)',
             'classifier.train.epochs': 'ours (the paper counts steps)', 'generator.scheduler': 'ours: DPM-Solver++ 25 steps (the paper: 1000 denoising steps)'}
@@ -785,7 +786,7 @@ def _dafusion_rows()->list:
                 c = _base_config(f'dafusion-fig5-{ds}-{k}shot-{row}', dict(name=f'{ds}_dafusion', shots=k, task=get_benchmark(ds).task,
                                  metaclass=get_benchmark(ds).metaclass), 'baseline' if row == 'randaugment' else row,
                                  dict(epochs=50, image_size=224, augment='flipcrop', batch_size=32, lr=0.01), (0, 1, 2, 3), True,
-                                 dict(strategy='grr', p=0.5) if gen else {}, dict(model='sd1.4', scheduler='dpm++', size=512),
+                                 dict(strategy='lrr', p=0.5) if gen else {}, dict(model='sd1.4', scheduler='dpm++', size=512),
                                  multiplier=10 if gen else None, strength=0.5 if row == 'real_guidance' else None)
                 c, p = _row_config(c, row, prov)
                 out.append(TableConfig(c, 'dafusion', 'fig5', row, f'{ds} {k}-shot', p))

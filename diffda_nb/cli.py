@@ -80,6 +80,25 @@ def demo(out:str='demo_out', # folder for runs, pictures and the results table
     pics = [real_vs_synthetic(runs[1], out/'real_vs_synthetic.png'), sdedit_grid(out, model)]
     return dict(table=table, runs=runs, pictures=[str(p) for p in pics], seconds=round(time.time() - t0, 1))
 
+# %% ../nbs/40_cli.ipynb #0430fac2
+def _cmd_datasets(a):
+    from diffda_nb.benchmarks import BENCHMARKS, fetch_benchmark, fetch_command, is_present, data_root
+    if a.fetch:
+        for n in a.fetch: print(f"{n}: {fetch_benchmark(n, a.root, progress=not a.quiet)}")
+        return 0
+    print(f"data root: {Path(a.root).expanduser() if a.root else data_root()}")
+    for n, b in BENCHMARKS.items():
+        here = is_present(n, a.root)
+        how = '' if here else fetch_command(n, a.root) if not b.fetch.startswith('manual') else 'by hand: ' + b.fetch[len('manual: '):].split(',')[0]
+        print(f"{n:<20} {'present' if here else 'missing':<8} {how}".rstrip())
+    return 0
+
+def _add_datasets(add):
+    "The `datasets` sub-command (called by `build_parser`)."
+    s = add('datasets', "the papers' benchmark datasets: present here or not, and the command that fetches each", _cmd_datasets)
+    s.add_argument('--root', help='data root (default: $DIFFDA_DATA or the library cache)')
+    s.add_argument('--fetch', nargs='+', metavar='NAME', help='download and unpack these benchmarks (needs internet)')
+
 # %% ../nbs/40_cli.ipynb #e52f88b0
 _TINY_NOTE = ("note: 'tiny' is the Stable-Diffusion-architecture pipeline with RANDOM weights. Its synthetic images carry no "
               "knowledge of the classes: the table shows what they do to the classifier, not what a trained generator would do "
@@ -181,6 +200,7 @@ def build_parser()->argparse.ArgumentParser:
     m.add_argument('--device', help='default: the best available')
     m.add_argument('--dataset', default='fashion_mnist', help="'fashion_mnist' (default) or 'fashion_mnist_mini' (the 1,500 shipped images)")
     m.add_argument('--publish', action='store_true', help="install the result into the package (replaces the shipped world)")
+    _add_datasets(add)
     return p
 
 def main(argv=None # arguments (default: sys.argv[1:])

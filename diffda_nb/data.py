@@ -577,3 +577,6 @@ def plot_class_counts(dataset:ImageDataset, # the dataset
     ax.set_title(_ds_tag(dataset), fontsize=9)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/03_data.ipynb #78502e25
+import diffda_nb.benchmarks  # registers the papers' datasets (07_benchmarks) in BUILTIN_DATASETS; imported last: it imports this module

@@ -160,6 +160,8 @@ def check_config(cfg:ExperimentConfig)->dict:
     key = str(cfg.data.name).lower().replace('-', '_')
     if key not in BUILTIN_DATASETS and not Path(cfg.data.name).expanduser().is_dir():
         notes.append(f"data.name: {cfg.data.name!r} is not a built-in dataset and no such folder exists here (needed for a real run)")
+    from diffda_nb.benchmarks import dataset_note   # a benchmark (07_benchmarks) that is not on disk: the command that fetches it
+    if dataset_note(cfg.data.name, cfg.data.root): notes.append(dataset_note(cfg.data.name, cfg.data.root))
     if r['recipe'].generation != 'none' and cfg.generator.model not in ('tiny',) and not Path(cfg.generator.model).expanduser().is_dir():
         notes.append(f"generator.model: {cfg.generator.model!r} is loaded from the hub cache or downloaded ({MODEL_ALIASES.get(cfg.generator.model, cfg.generator.model)})")
     if cfg.classifier.pretrained is True: notes.append('classifier.pretrained: torchvision ImageNet weights must be cached or downloadable (or give a local file)')

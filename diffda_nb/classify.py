@@ -5,10 +5,11 @@
 # %% auto #0
 __all__ = ['ARCHS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTS', 'SmallCNN', 'make_model', 'train_transform', 'eval_transform',
            'denormalize', 'cutout_mask', 'Cutout', 'grid_mask', 'GridMask', 'as_soft_targets', 'mixup', 'cutmix',
-           'cosine_lr', 'TrainConfig', 'evaluate', 'train_classifier']
+           'cosine_lr', 'TrainConfig', 'evaluate', 'train_classifier', 'rng_state', 'set_rng_state',
+           'OtherSettingsError']
 
 # %% ../nbs/21_classifier.ipynb #c7d21a63
-import math, os, socket, time
+import io, math, os, random, shutil, socket, time
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torchvision
 from torchvision.transforms import v2 as T
 from PIL import Image
 
-from .core import seed_everything, pick_device, pick_dtype, to_rgb, env_flag
+from .core import seed_everything, pick_device, pick_dtype, to_rgb, env_flag, atomic_write
 
 # %% ../nbs/21_classifier.ipynb #ddce347e
 from .utilization import soft_cross_entropy
@@ -444,14 +445,20 @@ def _strip_autocast(model:nn.Module):
     if f is not None and getattr(f, '__func__', None) is type(model).forward: del model.__dict__['forward']
     return model
 
+# %% ../nbs/21_classifier.ipynb #09fa63e5
 def train_classifier(model:nn.Module, # the classifier (trained in place)
                      train_set, # items (image, int label) or (image, soft target vector); may have set_epoch(epoch)
                      test_set=None, # items (image, label) for testing; None skips testing
                      cfg:TrainConfig=None, # the settings (default `TrainConfig()`)
                      progress:bool=True, # show a tqdm progress bar
+                     ckpt_dir=None, # folder for a checkpoint after every epoch (None: no checkpoints); a run resumes from it
+                     resume=True, # True: continue from a checkpoint of the same settings (others: error); 'matching': others are deleted; False: start over
+                     keep_checkpoint:bool=False, # keep `ckpt_dir` after the run finished (e.g. until its results are saved)
+                     fingerprint:str='', # identifies the data; a checkpoint made from other data is refused
+                     on_epoch=None, # called as `on_epoch(epoch, history)` after each epoch (and its checkpoint)
                      **overrides # TrainConfig fields to override, e.g. epochs=5
                     )->dict:
-    "Train `model` with SGD + cosine schedule on soft targets; returns history and best/final test accuracy."
+    "Train `model` with SGD + cosine schedule on soft targets; returns history and best/final test accuracy. Checkpoints each epoch, resumes exactly."
     from tqdm.auto import tqdm
     cfg = replace(cfg or TrainConfig(), **overrides)
     device = pick_device(cfg.device)
@@ -461,8 +468,14 @@ def train_classifier(model:nn.Module, # the classifier (trained in place)
     K, size = _num_classes(model), _image_size(model, train_set, cfg.image_size)
     cut, grid = cfg.erasers()
     tr = _Prepared(train_set, train_transform(size, cfg.augment, cutout=cut, gridmask=grid), K, soft=True)
+    gen = torch.Generator().manual_seed(cfg.seed)   # the batch order: its state is part of every checkpoint
     dl = torch.utils.data.DataLoader(tr, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                                     drop_last=_drop_last(len(tr), cfg.batch_size), generator=torch.Generator().manual_seed(cfg.seed))
+                                     drop_last=_drop_last(len(tr), cfg.batch_size), generator=gen)
+    key = dict({k: v for k, v in asdict(cfg).items() if k not in _CKPT_IGNORE}, data=fingerprint, num_classes=K, image_size=size,
+               n_train=len(tr), processes=acc.num_processes)
+    ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
+    state = _resume(ckpt_dir, key, resume, acc)
+    if state is not None: model.load_state_dict(state['model'])
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     pmodel, opt, dl = acc.prepare(model, opt, dl)
     test_dl = None
@@ -472,37 +485,119 @@ def train_classifier(model:nn.Module, # the classifier (trained in place)
     steps = len(dl); total, warm = cfg.epochs * steps, round(cfg.warmup_epochs * steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt.optimizer, lambda s: cosine_lr(s, total, warm))
     classes = getattr(test_set, 'classes', None)
-    hist = dict(epoch=[], train_loss=[], lr=[], test_top1=[])
-    best, final = None, None
-    bar = tqdm(total=total, disable=not progress or not acc.is_main_process, desc='train', leave=False)
-    t0 = time.time()
-    for epoch in range(cfg.epochs):
-        if hasattr(train_set, 'set_epoch'): train_set.set_epoch(epoch)
-        pmodel.train(); tot, n = 0.0, 0
-        hist['lr'].append(opt.param_groups[0]['lr'])
-        for x, y in dl:
-            use_cut = cfg.cutmix_alpha > 0 and (cfg.mixup_alpha <= 0 or torch.rand(()) < 0.5)
-            if use_cut: x, y = cutmix(x, y, cfg.cutmix_alpha)
-            elif cfg.mixup_alpha > 0: x, y = mixup(x, y, cfg.mixup_alpha)
-            loss = soft_cross_entropy(pmodel(x).float(), y, cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss); opt.step()
-            if not acc.optimizer_step_was_skipped: sched.step()
-            tot += loss.item() * len(x); n += len(x)
-            bar.update(); bar.set_postfix(epoch=epoch + 1, loss=f'{loss.item():.3f}')
-        hist['epoch'].append(epoch + 1); hist['train_loss'].append(tot / max(n, 1))
-        top1 = None
-        if test_dl is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            final = _metrics(*_collect(pmodel, test_dl, gather=acc.gather_for_metrics), classes)
-            final['epoch'] = epoch + 1; top1 = final['top1']
-            if best is None or top1 > best['top1']: best = final
-            bar.set_postfix(epoch=epoch + 1, loss=f'{hist["train_loss"][-1]:.3f}', top1=f'{top1:.3f}')
-        hist['test_top1'].append(top1)
-    bar.close()
+    log = dict(epoch=0, seconds=0.0, best=None, final=None, history=dict(epoch=[], train_loss=[], lr=[], test_top1=[]))
+    if state is not None:
+        opt.load_state_dict(state['optimizer']); sched.load_state_dict(state['scheduler'])
+        if acc.scaler is not None and state['scaler'] is not None: acc.scaler.load_state_dict(state['scaler'])
+        log = state['log']; set_rng_state(state['rng'], gen)
+    hist, start, t0, base = log['history'], log['epoch'], time.time(), log['seconds']
+    bar = tqdm(total=total, initial=start * steps, disable=not progress or not acc.is_main_process, desc='train', leave=False)
+    try:
+        for epoch in range(start, cfg.epochs):
+            if hasattr(train_set, 'set_epoch'): train_set.set_epoch(epoch)
+            pmodel.train(); tot, n = 0.0, 0
+            hist['lr'].append(opt.param_groups[0]['lr'])
+            for x, y in dl:
+                use_cut = cfg.cutmix_alpha > 0 and (cfg.mixup_alpha <= 0 or torch.rand(()) < 0.5)
+                if use_cut: x, y = cutmix(x, y, cfg.cutmix_alpha)
+                elif cfg.mixup_alpha > 0: x, y = mixup(x, y, cfg.mixup_alpha)
+                loss = soft_cross_entropy(pmodel(x).float(), y, cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                acc.backward(loss); opt.step()
+                if not acc.optimizer_step_was_skipped: sched.step()
+                tot += loss.item() * len(x); n += len(x)
+                bar.update(); bar.set_postfix(epoch=epoch + 1, loss=f'{loss.item():.3f}')
+            hist['epoch'].append(epoch + 1); hist['train_loss'].append(tot / max(n, 1))
+            top1 = None
+            if test_dl is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                log['final'] = _metrics(*_collect(pmodel, test_dl, gather=acc.gather_for_metrics), classes)
+                log['final']['epoch'] = epoch + 1; top1 = log['final']['top1']
+                if log['best'] is None or top1 > log['best']['top1']: log['best'] = log['final']
+                bar.set_postfix(epoch=epoch + 1, loss=f'{hist["train_loss"][-1]:.3f}', top1=f'{top1:.3f}')
+            hist['test_top1'].append(top1)
+            log.update(epoch=epoch + 1, seconds=base + time.time() - t0)
+            if ckpt_dir is not None:
+                _save_checkpoint(ckpt_dir, acc, dict(key=key, epoch=epoch + 1, log=log, model=acc.unwrap_model(pmodel).state_dict(), optimizer=opt.state_dict(),
+                                                     scheduler=sched.state_dict(), scaler=acc.scaler.state_dict() if acc.scaler is not None else None), rng_state(gen))
+            if on_epoch is not None: on_epoch(epoch + 1, hist)
+    finally: bar.close()
     acc.wait_for_everyone()
     _strip_autocast(acc.unwrap_model(pmodel, keep_fp32_wrapper=False))
+    if ckpt_dir is not None and not keep_checkpoint and acc.is_main_process: shutil.rmtree(ckpt_dir, ignore_errors=True)
+    best, final = log['best'], log['final']
     shown = best if cfg.report == 'best' else final
     return dict(history=hist, report=cfg.report, top1=shown and shown['top1'],
                 best_top1=best and best['top1'], best_epoch=best and best['epoch'], final_top1=final and final['top1'],
-                top5=shown and shown['top5'], per_class=shown and shown['per_class'], seconds=time.time() - t0,
-                num_classes=K, image_size=size, config=asdict(cfg))
+                top5=shown and shown['top5'], per_class=shown and shown['per_class'], seconds=log['seconds'],
+                resumed_from=start if state is not None else None, num_classes=K, image_size=size, config=asdict(cfg))
+
+# %% ../nbs/21_classifier.ipynb #b6f441ae
+def rng_state(*generators:torch.Generator)->dict:
+    "The state of every random stream a training run draws from: Python, NumPy, torch (CPU, CUDA) and the given generators."
+    n = np.random.get_state()
+    out = dict(python=random.getstate(), numpy=[n[0], n[1].tolist(), int(n[2]), int(n[3]), float(n[4])],
+               torch=torch.get_rng_state(), generators=[g.get_state() for g in generators])
+    if torch.cuda.is_available(): out['cuda'] = torch.cuda.get_rng_state_all()
+    return out
+
+def set_rng_state(state:dict, *generators:torch.Generator):
+    "Restore what `rng_state` saved (pass the same generators, in the same order)."
+    py, n = state['python'], state['numpy']
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count(): torch.cuda.set_rng_state_all(state['cuda'])
+    if len(state['generators']) != len(generators): raise ValueError(f"set_rng_state: saved {len(state['generators'])} generator states, got {len(generators)} generators")
+    for g, s in zip(generators, state['generators']): g.set_state(s)
+
+class OtherSettingsError(ValueError):
+    "A checkpoint that was written by a training run with other settings or data."
+
+_CKPT_IGNORE = ('device',)   # settings a resumed run may change
+
+def _save_torch(obj, path:Path):
+    "torch.save, atomically."
+    buf = io.BytesIO(); torch.save(obj, buf)
+    with atomic_write(path, 'wb') as f: f.write(buf.getbuffer())
+
+def _save_checkpoint(ckpt_dir:Path, acc, state:dict, rng:dict):
+    "One epoch's checkpoint: each process writes its RNG file, then the main process `state.pt`, which makes the epoch current."
+    e = state['epoch']
+    _save_torch(rng, ckpt_dir / f'rng-e{e:05d}-rank{acc.process_index}.pt')
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        _save_torch(state, ckpt_dir / 'state.pt')
+        for f in ckpt_dir.glob('rng-e*-rank*.pt'):
+            if not f.name.startswith(f'rng-e{e:05d}-'): f.unlink(missing_ok=True)
+    acc.wait_for_everyone()
+
+def _load_checkpoint(ckpt_dir:Path, key:dict, rank:int):
+    "The checkpoint in `ckpt_dir` with this process's RNG state (None if there is none); one of other settings raises `OtherSettingsError`."
+    p = ckpt_dir / 'state.pt'
+    if not p.is_file(): return None
+    def load(f):
+        try: return torch.load(f, map_location='cpu', weights_only=True)
+        except Exception as e: raise ValueError(f"{f}: cannot read this classifier checkpoint ({type(e).__name__}: {str(e)[:120]}); "
+                                                f"delete {ckpt_dir} to train from the start") from None
+    state = load(p)
+    diff = sorted(k for k in set(key) | set(state['key']) if key.get(k) != state['key'].get(k))
+    if diff: raise OtherSettingsError(f"{p}: written by a training run with other settings or data ({', '.join(diff)}); "
+                                      f"delete {ckpt_dir} to train from the start (resume='matching' does; so does --force in `diffda run`)")
+    r = ckpt_dir / f"rng-e{state['epoch']:05d}-rank{rank}.pt"
+    if not r.is_file(): raise ValueError(f"{r}: missing; {p} names epoch {state['epoch']} but this process's random state is not there")
+    return {**state, 'rng': load(r)}
+
+def _resume(ckpt_dir, key:dict, resume, acc):
+    "The state to resume from (None: start over, after removing a checkpoint that is not to be used)."
+    if resume not in (True, False, 'matching'): raise ValueError(f"resume: expected True, False or 'matching', got {resume!r}")
+    if ckpt_dir is None: return None
+    state, stale = None, resume is False
+    if resume is not False:
+        try: state = _load_checkpoint(Path(ckpt_dir), key, acc.process_index)
+        except OtherSettingsError:
+            if resume is True: raise
+            stale = True
+    acc.wait_for_everyone()
+    if stale and acc.is_main_process: shutil.rmtree(ckpt_dir, ignore_errors=True)
+    acc.wait_for_everyone()
+    return state

@@ -290,13 +290,14 @@ def _filter(cfg, train, manifest, seed, progress:bool)->tuple:
     res = filter_manifest(manifest, scorer, spec.drop, cache, spec.batch_size, progress)
     return res.kept, res.summary()
 
-def _train(cfg, r, train, test, manifest, seed, progress:bool, ids=None)->dict:
+def _train(cfg, r, train, test, manifest, seed, progress:bool, ids=None, ckpt=None, fp:str='', force:bool=False)->dict:
+    "Train and test this seed's classifier; a checkpoint per epoch in `ckpt` (kept until results.json is written) makes a killed run resume."
     from diffda_nb.classify import make_model, train_classifier, TrainConfig
     from diffda_nb.utilization import make_training_set
     ts = make_training_set(train, manifest, r['strategy'], p=r['p'], seed=seed, num_classes=train.num_classes, ids=ids)
     model = make_model(cfg.classifier.arch, train.num_classes, pretrained=cfg.classifier.pretrained)
     tcfg = TrainConfig(**{**cfg.classifier.train, 'seed': seed})
-    out = train_classifier(model, ts, test, tcfg, progress=progress)
+    out = train_classifier(model, ts, test, tcfg, progress=progress, ckpt_dir=ckpt, resume='matching' if force else True, keep_checkpoint=True, fingerprint=fp)
     out['training_set'] = ts.describe() if hasattr(ts, 'describe') else repr(ts)
     return out
 
@@ -332,7 +333,7 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
         t0 = time.time(); kept, filt = (None, None)
         if cfg.utilization.filter is not None and manifest is not None and r['strategy'] != 'none': kept, filt = _filter(cfg, train, manifest, seed, progress)
         t_filter = time.time() - t0
-        t0 = time.time(); out = _train(cfg, r, train, test, manifest, seed, progress, kept); t_train = time.time() - t0
+        t0 = time.time(); out = _train(cfg, r, train, test, manifest, seed, progress, kept, folder/'classifier_checkpoint', fp, force); t_train = time.time() - t0
         result = dict(name=cfg.name, method=r['recipe'].name, method_title=r['recipe'].title, seed=seed, fingerprint=fp,
                       dataset=cfg.data.name, shots=cfg.data.shots, task=cfg.data.task, params={k: v for k, v in r['params'].items() if k != 'card'},
                       utilization=r['strategy'], p=r['p'], generator=cfg.generator.model, classifier=cfg.classifier.arch,
@@ -343,6 +344,7 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
                       seconds=dict(split=round(t_split, 2), finetune=round(t_ft, 2), generate=round(t_gen, 2), filter=round(t_filter, 2), train=round(t_train, 2)),
                       device=str(pick_device(cfg.generator.device)), config=asdict(cfg))
         write_json(result, res_path); paths.append(res_path)
+        shutil.rmtree(folder/'classifier_checkpoint', ignore_errors=True)   # only once the result is safe
     if until == 'generate': return dict(run=str(run), results=[], table=None)
     table = results_table(paths)
     with atomic_write(run/'results.md') as f: f.write(table + '\n')

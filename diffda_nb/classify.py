@@ -352,6 +352,7 @@ class TrainConfig:
         if not 0 <= self.val_fraction <= 10: raise ValueError(f"TrainConfig.val_fraction must be in [0, 10] (validation size relative to training), got {self.val_fraction}")
         if not 0 < self.lr_factor < 1: raise ValueError(f"TrainConfig.lr_factor must be in (0, 1), got {self.lr_factor}")
         if self.report == 'best_val' and not self.restore_best: raise ValueError("TrainConfig.report='best_val' needs restore_best=True (and a validation set)")
+        if self.report == 'best' and self.val_fraction > 0: raise ValueError("TrainConfig.report='best' picks the best *test* epoch, but val_fraction > 0 asks a validation set to select the model; use report='best_val' (with restore_best=True) or 'final'")
 
         if not 0 <= self.label_smoothing < 1: raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0: raise ValueError("TrainConfig.mixup_alpha/cutmix_alpha must be ≥ 0")

@@ -661,11 +661,11 @@ def train_classifier(model:nn.Module, # the classifier (trained in place)
 
 # %% ../nbs/21_classifier.ipynb #b6f441ae
 def rng_state(*generators:torch.Generator)->dict:
-    "The state of every random stream a training run draws from: Python, NumPy, torch (CPU, CUDA) and the given generators."
+    "The state of every random stream a training run draws from: Python, NumPy, torch (CPU, and CUDA on this process's device) and the given generators."
     n = np.random.get_state()
     out = dict(python=random.getstate(), numpy=[n[0], n[1].tolist(), int(n[2]), int(n[3]), float(n[4])],
                torch=torch.get_rng_state(), generators=[g.get_state() for g in generators])
-    if torch.cuda.is_available(): out['cuda'] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized(): out['cuda'] = torch.cuda.get_rng_state()   # this process's device only
     return out
 
 def set_rng_state(state:dict, *generators:torch.Generator):
@@ -674,7 +674,7 @@ def set_rng_state(state:dict, *generators:torch.Generator):
     random.setstate((py[0], tuple(py[1]), py[2]))
     np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
     torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count(): torch.cuda.set_rng_state_all(state['cuda'])
+    if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state(state['cuda'])
     if len(state['generators']) != len(generators): raise ValueError(f"set_rng_state: saved {len(state['generators'])} generator states, got {len(generators)} generators")
     for g, s in zip(generators, state['generators']): g.set_state(s)
 

@@ -55,10 +55,11 @@ class GeneratorConfig:
 
 @dataclass
 class ClassifierConfig:
-    "The classifier and its training (fields of `classify.TrainConfig` go in `train`)."
+    "The classifier and its training: a paper's protocol (`classify.PROTOCOLS`), whose `TrainConfig` values `train` overrides."
     arch: str = 'resnet50'
     pretrained: object = False # False, True (torchvision's ImageNet weights) or a local weights file
     train: dict = field(default_factory=dict) # e.g. {epochs: 100, batch_size: 32, lr: 0.1, image_size: 224}
+    protocol: str = 'unidiffda' # 'unidiffda', 'da_fusion' (frozen backbone, linear head, Adam, fixed steps) or 'burg' (validation, plateau, early stop)
 
 @dataclass
 class UtilizationConfig:
@@ -118,6 +119,33 @@ def save_config(cfg:ExperimentConfig, path)->Path:
     with atomic_write(path) as f: yaml.safe_dump(asdict(cfg), f, sort_keys=False)
     return Path(path)
 
+# %% ../nbs/30_protocol.ipynb #3c41286c
+def _check_protocol(cfg:ExperimentConfig)->list:
+    "Validate `classifier.protocol` and its settings offline; returns notes where the config departs from the paper."
+    from diffda_nb.classify import PROTOCOLS, protocol_config
+    tcfg, p = protocol_config(cfg.classifier.protocol, **cfg.classifier.train), PROTOCOLS[cfg.classifier.protocol]
+    notes = []
+    if tcfg.val_fraction > 0 and cfg.data.shots is None:
+        raise ValueError(f"classifier.protocol {cfg.classifier.protocol!r}: the validation images come from the training split's images outside the "
+                         f"k-shot training set, and with data.shots null none are left; set data.shots, or classifier.train {{val_fraction: 0, report: final}}")
+    if p['trials'] and isinstance(cfg.seeds, list) and len(cfg.seeds) < p['trials']:
+        notes.append(f"classifier.protocol {cfg.classifier.protocol}: the paper reports {p['trials']} trials; this config runs {len(cfg.seeds)} seed(s)")
+    if tcfg.freeze_backbone and not cfg.classifier.pretrained:
+        notes.append('classifier.train.freeze_backbone: the backbone is frozen but classifier.pretrained is false, so only a head on random features trains')
+    return notes
+
+def _classifier_key(c:ClassifierConfig)->dict:
+    "The classifier section as the training fingerprint sees it: the default protocol is left out, so older runs keep their fingerprints."
+    return {k: v for k, v in asdict(c).items() if k != 'protocol' or v != 'unidiffda'}
+
+def _validation_set(tcfg, train_full, split, seed:int):
+    "The validation images of a protocol that selects on validation: drawn from the training split outside this seed's training images."
+    if not tcfg.val_fraction: return None
+    from diffda_nb.classify import draw_validation
+    _, val = draw_validation(train_full.labels, tcfg.val_fraction, seed, train=split.train)
+    if not val: raise ValueError(f"classifier.train.val_fraction {tcfg.val_fraction}: no image of the training split is left outside the training set for validation")
+    return train_full.subset(val)
+
 # %% ../nbs/30_protocol.ipynb #757d556e
 def resolve(cfg:ExperimentConfig)->dict:
     "The method's parameters and utilization after applying the task type's defaults and the config's overrides."
@@ -153,7 +181,7 @@ def check_config(cfg:ExperimentConfig)->dict:
     if cfg.classifier.arch not in ARCHS: raise ValueError(f"classifier.arch: expected one of {list(ARCHS)}, got {cfg.classifier.arch!r}")
     bad = set(cfg.classifier.train) - {f.name for f in fields(TrainConfig)}
     if bad: raise ValueError(f"classifier.train: unknown key(s) {sorted(bad)}; TrainConfig takes {[f.name for f in fields(TrainConfig)]}")
-    TrainConfig(**cfg.classifier.train)  # range checks
+    notes += _check_protocol(cfg)  # the protocol's name, its settings' ranges, what it needs
     if cfg.generator.scheduler is not None: make_scheduler(cfg.generator.scheduler, {})  # unknown name: the factory's error lists the names
     if not cfg.seeds or not all(isinstance(x, int) and x >= 0 for x in cfg.seeds): raise ValueError(f"seeds: expected a list of non-negative ints, got {cfg.seeds!r}")
     if cfg.data.shots is not None and (not isinstance(cfg.data.shots, int) or cfg.data.shots < 1): raise ValueError(f"data.shots must be a positive int or null, got {cfg.data.shots!r}")
@@ -292,13 +320,16 @@ def _filter(cfg, train, manifest, seed, progress:bool)->tuple:
     res = filter_manifest(manifest, scorer, spec.drop, cache, spec.batch_size, progress)
     return res.kept, res.summary()
 
-def _train(cfg, r, train, test, manifest, seed, progress:bool, ids=None)->dict:
-    from diffda_nb.classify import make_model, train_classifier, TrainConfig
+def _train(cfg, r, train, test, manifest, seed, progress:bool, ids=None, ckpt=None, fp:str='', force:bool=False, train_full=None, split=None)->dict:
+    "Train and test this seed's classifier; a checkpoint per epoch in `ckpt` (kept until results.json is written) makes a killed run resume."
+    from diffda_nb.classify import make_model, train_classifier, protocol_config, protocol_record
     from diffda_nb.utilization import make_training_set
     ts = make_training_set(train, manifest, r['strategy'], p=r['p'], seed=seed, num_classes=train.num_classes, ids=ids)
     model = make_model(cfg.classifier.arch, train.num_classes, pretrained=cfg.classifier.pretrained)
-    tcfg = TrainConfig(**{**cfg.classifier.train, 'seed': seed})
-    out = train_classifier(model, ts, test, tcfg, progress=progress)
+    tcfg = protocol_config(cfg.classifier.protocol, **{**cfg.classifier.train, 'seed': seed})
+    val = _validation_set(tcfg, train_full, split, seed)
+    out = train_classifier(model, ts, test, tcfg, progress=progress, ckpt_dir=ckpt, resume='matching' if force else True, keep_checkpoint=True, fingerprint=fp, val_set=val)
+    out['protocol'] = dict(protocol_record(cfg.classifier.protocol, tcfg), n_val=len(val) if val is not None else 0)
     out['training_set'] = ts.describe() if hasattr(ts, 'describe') else repr(ts)
     return out
 
@@ -320,7 +351,7 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
         folder = run/f'seed{seed}'; folder.mkdir(exist_ok=True)
         res_path = folder/'results.json'
         util = {k: v for k, v in asdict(cfg.utilization).items() if k != 'filter' or v is not None}   # runs without a filter keep their fingerprints
-        fp = fingerprint(cfg.data, cfg.method, cfg.generator, cfg.classifier, util, seed)
+        fp = fingerprint(cfg.data, cfg.method, cfg.generator, _classifier_key(cfg.classifier), util, seed)
         if res_path.exists() and _still_valid(res_path, json.loads(res_path.read_text()).get('fingerprint'), fp, force, 'results.json', folder):
             paths.append(res_path); continue
         seed_everything(seed)
@@ -334,17 +365,18 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
         t0 = time.time(); kept, filt = (None, None)
         if cfg.utilization.filter is not None and manifest is not None and r['strategy'] != 'none': kept, filt = _filter(cfg, train, manifest, seed, progress)
         t_filter = time.time() - t0
-        t0 = time.time(); out = _train(cfg, r, train, test, manifest, seed, progress, kept); t_train = time.time() - t0
+        t0 = time.time(); out = _train(cfg, r, train, test, manifest, seed, progress, kept, folder/'classifier_checkpoint', fp, force, train_full, split); t_train = time.time() - t0
         result = dict(name=cfg.name, method=r['recipe'].name, method_title=r['recipe'].title, seed=seed, fingerprint=fp,
                       dataset=cfg.data.name, shots=cfg.data.shots, task=cfg.data.task, params={k: v for k, v in r['params'].items() if k != 'card'},
                       utilization=r['strategy'], p=r['p'], generator=cfg.generator.model, classifier=cfg.classifier.arch,
                       n_real=len(train), n_synthetic=len(kept) if kept is not None else len(manifest) if manifest is not None else 0, filter=filt,
                       finetuned=[str(p.relative_to(cfg.out_dir)) for p in tuned] if tuned else None,
                       top1=out['top1'], best_top1=out['best_top1'], final_top1=out['final_top1'], best_epoch=out['best_epoch'],
-                      top5=out['top5'], report=out['report'], per_class=out['per_class'], history=out['history'],
+                      top5=out['top5'], report=out['report'], classifier_protocol=out['protocol'], per_class=out['per_class'], history=out['history'],
                       seconds=dict(split=round(t_split, 2), finetune=round(t_ft, 2), generate=round(t_gen, 2), filter=round(t_filter, 2), train=round(t_train, 2)),
                       device=str(pick_device(cfg.generator.device)), config=asdict(cfg))
         write_json(result, res_path); paths.append(res_path)
+        shutil.rmtree(folder/'classifier_checkpoint', ignore_errors=True)   # only once the result is safe
     if until == 'generate': return dict(run=str(run), results=[], table=None)
     table = results_table(paths)
     with atomic_write(run/'results.md') as f: f.write(table + '\n')

@@ -729,12 +729,12 @@ def _unidiffda_rows()->list:
     return out
 
 # %% ../nbs/07_benchmarks.ipynb #4d6e8ef4
-def _base_config(name:str, data:dict, method:str, train:dict, seeds, pretrained:bool, util:dict=None, generator:dict=None, **method_kw):
+def _base_config(name:str, data:dict, method:str, train:dict, seeds, pretrained:bool, util:dict=None, generator:dict=None, protocol:str='unidiffda', **method_kw):
     "An `ExperimentConfig` from plain parts (utilization: the method's own default unless given)."
     from diffda_nb.protocol import ExperimentConfig, DataConfig, MethodConfig, GeneratorConfig, ClassifierConfig, UtilizationConfig
     return ExperimentConfig(name=name, data=DataConfig(**data), method=MethodConfig(method, **method_kw),
                             generator=GeneratorConfig(**(generator or dict(model='sd1.5', scheduler='dpm++', size=512))),
-                            classifier=ClassifierConfig('resnet50', pretrained=pretrained, train=train),
+                            classifier=ClassifierConfig('resnet50', pretrained=pretrained, train=train, protocol=protocol),
                             utilization=UtilizationConfig(**(util or {})), seeds=list(seeds), out_dir='runs')
 
 def _unidiffda_hard()->list:
@@ -777,17 +777,17 @@ def _dafusion_rows()->list:
             'method.multiplier': 'paper: App. G (10 synthetic images per real)', 'method.strength': 'paper: App. G (Real Guidance 0.5)',
             'utilization.p': 'paper: App. G (synthetic probability 0.5)', 'utilization.strategy': 'paper: §4.2 (a real image is swapped for one of its own synthetic variants with probability p: LRR)', 'generator.model': 'paper: CompVis/stable-diffusion-v1-4',
             'classifier.pretrained': 'paper: ImageNet ResNet-50', 'classifier.train.batch_size': 'paper: App. G (32)',
-            'classifier.train.lr': 'ours: 0.01 SGD; the paper trains the linear head only with Adam 1e-4 for 10,000 steps (its protocol is issue 16 item 3)',
-            'classifier.train.epochs': 'ours (the paper counts steps)', 'generator.scheduler': 'ours: DPM-Solver++ 25 steps (the paper: 1000 denoising steps)'}
+            'classifier.protocol': "paper: App. G (frozen backbone, linear head, Adam 1e-4, batch 32, 10,000 steps, best of validations every 200; `classify.PROTOCOLS['da_fusion']`)",
+            'generator.scheduler': 'ours: DPM-Solver++ 25 steps (the paper: 1000 denoising steps)'}
     for row in _methods(('baseline', 'randaugment', 'real_guidance', 'da_fusion')):
         for ds in ('caltech101', 'flowers102', 'aircraft', 'cars', 'coco', 'pascal'):
             for k in DAFUSION_SHOTS:
                 gen = row in ('real_guidance', 'da_fusion')
                 c = _base_config(f'dafusion-fig5-{ds}-{k}shot-{row}', dict(name=f'{ds}_dafusion', shots=k, task=get_benchmark(ds).task,
                                  metaclass=get_benchmark(ds).metaclass), 'baseline' if row == 'randaugment' else row,
-                                 dict(epochs=50, image_size=224, augment='flipcrop', batch_size=32, lr=0.01), (0, 1, 2, 3), True,
+                                 {}, (0, 1, 2, 3), True,
                                  dict(strategy='lrr', p=0.5) if gen else {}, dict(model='sd1.4', scheduler='dpm++', size=512),
-                                 multiplier=10 if gen else None, strength=0.5 if row == 'real_guidance' else None)
+                                 protocol='da_fusion', multiplier=10 if gen else None, strength=0.5 if row == 'real_guidance' else None)
                 c, p = _row_config(c, row, prov)
                 out.append(TableConfig(c, 'dafusion', 'fig5', row, f'{ds} {k}-shot', p))
     return out
@@ -819,8 +819,9 @@ def _burg_rows()->list:
     rows = ['baseline'] + sorted(m for m, r in METHODS.items() if 'burg' in (r.paper or '').lower())
     prov = {'data.name': 'paper: 10% of ImageNet train per class, disjoint 10% validation, ILSVRC val as test (§3)', 'data.shots': 'paper: all of the 10% subset',
             'method.multiplier': 'paper: every method doubles the data (§4.1)', 'seeds': 'paper: 5 resampled sets', 'generator.model': 'paper: Stable Diffusion 1.4',
-            'classifier.pretrained': 'paper: ResNet-50 trained on the subset', 'classifier.train.epochs': 'ours (the paper stops early on the validation split: issue 16 item 3)',
-            'classifier.train.lr': 'ours (the paper divides it by 10 on plateau: issue 16 item 3)'}
+            'classifier.pretrained': 'paper: ResNet-50 trained on the subset',
+            'classifier.protocol': "ours: UniDiffDA's; Burg's protocol (`classifier.protocol: burg`) draws its validation images from outside a k-shot split and refuses shots: null, so it does not use 10% ImageNet's own validation split yet",
+            'classifier.train.epochs': 'ours (the paper stops early on the validation split)', 'classifier.train.lr': 'ours (the paper divides it by 10 on plateau)'}
     out = []
     for row in rows:
         gen = row != 'baseline'

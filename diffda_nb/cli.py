@@ -94,7 +94,7 @@ def _load(a):
     return cfg
 
 def _cmd_run(a, until='train'):
-    from diffda_nb.protocol import run_experiment, check_config
+    from diffda_nb.protocol import run_experiment, check_config, dist_rank
     import yaml
     cfg = _load(a)
     if getattr(a, 'dry_run', False):
@@ -106,6 +106,7 @@ def _cmd_run(a, until='train'):
         for n in chk['notes']: print(f"note: {n}")
         return 0
     res = run_experiment(cfg, force=a.force, progress=not a.quiet, until=until)
+    if dist_rank()[0] != 0: return 0   # under torchrun / accelerate launch, rank 0 speaks for the run
     if cfg.generator.model == 'tiny' and cfg.method.name != 'baseline': print(_TINY_NOTE)
     print(res['table'] if res['table'] else f"generation done: {res['run']}")
     return 0
@@ -170,6 +171,9 @@ def build_parser()->argparse.ArgumentParser:
     w.add_argument('--out', help='override the sweep folder'); w.add_argument('--force', action='store_true', help='passed to every run')
     w.add_argument('--dry-run', action='store_true', help='build and check every cell\'s config, run nothing')
     add('methods', 'list the registered methods and their stage choices', _cmd_methods)
+    rp = add('repair', 'mend generation folders damaged by two writers or a crash (one row per id, only rows with a readable image)', _cmd_repair)
+    rp.add_argument('folders', nargs='+', help='generation folders (runs/<name>/seed<k>/generated)')
+    rp.add_argument('--dry-run', action='store_true', help='report what would change, change nothing')
     d = add('demo', 'offline few-shot experiment on CPU: baseline vs Real Guidance on Fashion-MNIST, 2 seeds', _cmd_demo)
     d.add_argument('--out', default='demo_out', help='output folder (default: %(default)s)')
     d.add_argument('--model', default='mini', help="generator: 'mini' (default, DiffDA-Mini), 'tiny' (random weights), a diffusers folder or a hub id")
@@ -194,3 +198,9 @@ def main(argv=None # arguments (default: sys.argv[1:])
     except (ValueError, FileNotFoundError, OSError, TypeError, KeyError) as e:
         if os.environ.get('DIFFDA_DEBUG'): raise
         print(f"diffda {a.command}: error: {e}", file=sys.stderr); return 1
+
+# %% ../nbs/40_cli.ipynb #3af15b6d
+def _cmd_repair(a):
+    from diffda_nb.generate import repair_folder, repair_summary
+    for folder in a.folders: print(repair_summary(repair_folder(folder, dry_run=a.dry_run)))
+    return 0

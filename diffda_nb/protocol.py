@@ -189,11 +189,11 @@ def _stage_done(folder:Path, fp:str, force:bool, what:str)->bool:
 def _mark_done(folder:Path, fp:str, **info):
     write_json(dict(fingerprint=fp, finished=time.strftime('%Y-%m-%d %H:%M:%S'), **info), folder/'stage.json')
 
-# %% ../nbs/30_protocol.ipynb #730a79a8
+# %% ../nbs/30_protocol.ipynb #acd553e4
 import contextlib, contextvars, functools, os
 from .generate import folder_lock
 
-# %% ../nbs/30_protocol.ipynb #8ff6894a
+# %% ../nbs/30_protocol.ipynb #9b88da0e
 _DIST_ENV = ('WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'GROUP_RANK', 'GROUP_WORLD_SIZE', 'ROLE_RANK', 'ROLE_WORLD_SIZE',
              'PMI_SIZE', 'OMPI_COMM_WORLD_SIZE', 'MV2_COMM_WORLD_SIZE')   # what torchrun / accelerate / MPI set, and accelerate reads
 _DIST = {}   # this process's run: rank, world_size, group (a gloo group for waiting), depth
@@ -222,9 +222,10 @@ def process_group(timeout_s:float=None # how long a rank may wait for the others
         if not (os.environ.get('MASTER_ADDR') and os.environ.get('MASTER_PORT')):
             raise ValueError(f"WORLD_SIZE={world} is set but MASTER_ADDR/MASTER_PORT are not: start the processes with torchrun or accelerate launch "
                              "(e.g. `torchrun --nproc_per_node 2 $(which diffda) run config.yaml`)")
-        cuda = torch.cuda.is_available()
-        if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count())
-        dist.init_process_group('nccl' if cuda else 'gloo', timeout=timeout)
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', rank)) % gpus)   # one GPU per local rank
+        nccl = gpus and int(os.environ.get('LOCAL_WORLD_SIZE', 1)) <= gpus   # NCCL needs a GPU of its own per process
+        dist.init_process_group('nccl' if nccl else 'gloo', timeout=timeout)
     group = None if dist.get_backend() == 'gloo' and created else dist.new_group(backend='gloo', timeout=timeout)
     _DIST.update(rank=dist.get_rank(), world_size=dist.get_world_size(), group=group, depth=1)
     try: yield dist_rank()

@@ -681,6 +681,8 @@ def shard_plan(plan:list, # batches (from `canonical_plan`)
         raise ValueError(f"rank/world_size: expected 0 ≤ rank < world_size, got rank={rank!r}, world_size={world_size!r}")
     return plan[rank::world_size]
 
+_DIST = {}   # the run's process group, set by `protocol.process_group`: rank, world_size, group (gloo, long timeout: where ranks wait)
+
 def _dist_info(rank, world_size)->tuple:
     if world_size is None: world_size = int(os.environ.get('WORLD_SIZE', 1))
     if rank is None: rank = int(os.environ.get('RANK', 0)) if world_size > 1 else 0
@@ -717,7 +719,7 @@ def merge_manifests(out_dir, # the generation folder
             if f.name != 'manifest.jsonl': f.unlink()
     return Manifest(out_dir / 'manifest.jsonl')
 
-# %% ../nbs/05_generate.ipynb #07830d77
+# %% ../nbs/05_generate.ipynb #686b63ff
 LOCK_NAME = '.diffda.lock'
 
 class FolderLocked(OSError):
@@ -941,13 +943,13 @@ def generate(pipe, # a StableDiffusionImg2ImgPipeline (or compatible), on the de
                     images_per_s=round(writer.written / secs, 3) if writer.written and secs > 0 else None)
         write_json(info, out_dir / ('generation.json' if world_size == 1 else f'generation.rank{rank}.json'))
         if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
+            torch.distributed.barrier(group=_DIST.get('group'))   # a rank may wait long here (a resumed run): the run's long-timeout group
             if rank == 0: merge_manifests(out_dir, jobs)
-            torch.distributed.barrier()
+            torch.distributed.barrier(group=_DIST.get('group'))
             return Manifest(out_dir / 'manifest.jsonl')
         return Manifest(mpath)
 
-# %% ../nbs/05_generate.ipynb #2bf3ad6d
+# %% ../nbs/05_generate.ipynb #75a00174
 def _readable(path:Path, size)->str:
     "None if `path` is an image that decodes completely (at `size` = [w, h] when given), else why not."
     try:

@@ -189,14 +189,13 @@ def _stage_done(folder:Path, fp:str, force:bool, what:str)->bool:
 def _mark_done(folder:Path, fp:str, **info):
     write_json(dict(fingerprint=fp, finished=time.strftime('%Y-%m-%d %H:%M:%S'), **info), folder/'stage.json')
 
-# %% ../nbs/30_protocol.ipynb #acd553e4
+# %% ../nbs/30_protocol.ipynb #f9fd466a
 import contextlib, contextvars, functools, os
-from .generate import folder_lock
+from .generate import folder_lock, _DIST
 
-# %% ../nbs/30_protocol.ipynb #9b88da0e
+# %% ../nbs/30_protocol.ipynb #a90a5663
 _DIST_ENV = ('WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'GROUP_RANK', 'GROUP_WORLD_SIZE', 'ROLE_RANK', 'ROLE_WORLD_SIZE',
              'PMI_SIZE', 'OMPI_COMM_WORLD_SIZE', 'MV2_COMM_WORLD_SIZE')   # what torchrun / accelerate / MPI set, and accelerate reads
-_DIST = {}   # this process's run: rank, world_size, group (a gloo group for waiting), depth
 
 def dist_rank()->tuple:
     "(rank, world_size) of this process in the current `process_group` block (or from $RANK/$WORLD_SIZE; (0, 1) alone)."
@@ -225,8 +224,8 @@ def process_group(timeout_s:float=None # how long a rank may wait for the others
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if gpus: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', rank)) % gpus)   # one GPU per local rank
         nccl = gpus and int(os.environ.get('LOCAL_WORLD_SIZE', 1)) <= gpus   # NCCL needs a GPU of its own per process
-        dist.init_process_group('nccl' if nccl else 'gloo', timeout=timeout)
-    group = None if dist.get_backend() == 'gloo' and created else dist.new_group(backend='gloo', timeout=timeout)
+        dist.init_process_group('nccl' if nccl else 'gloo')   # the usual timeout: a rank that never comes is an error within minutes
+    group = dist.new_group(backend='gloo', timeout=timeout)   # the long waits happen here, on the CPU (also `generate`'s barriers)
     _DIST.update(rank=dist.get_rank(), world_size=dist.get_world_size(), group=group, depth=1)
     try: yield dist_rank()
     finally:

@@ -121,9 +121,11 @@ def _cmd_report(a):
 
 def _cmd_sweep(a):
     from diffda_nb.sweep import load_sweep, sweep
+    from diffda_nb.protocol import dist_rank
     kw = load_sweep(a.file)
     if a.out: kw['out'] = a.out
     res = sweep(**kw, dry_run=a.dry_run, force=a.force, progress=not a.quiet)
+    if dist_rank()[0] != 0: return 0
     if a.dry_run: print(f"{a.file}: OK — {len(res['cells'])} cells in {res['out']}: {', '.join(res['cells'])}"); return 0
     print(res['table']); print(f"wrote {res['out']}/results.csv, results.md, results_seeds.csv"); return 0
 
@@ -199,7 +201,7 @@ def main(argv=None # arguments (default: sys.argv[1:])
         if os.environ.get('DIFFDA_DEBUG'): raise
         print(f"diffda {a.command}: error: {e}", file=sys.stderr); return 1
 
-# %% ../nbs/40_cli.ipynb #3af15b6d
+# %% ../nbs/40_cli.ipynb #193a2e8e
 def _cmd_repair(a):
     from diffda_nb.generate import repair_folder, repair_summary
     for folder in a.folders: print(repair_summary(repair_folder(folder, dry_run=a.dry_run)))

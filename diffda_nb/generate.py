@@ -767,6 +767,7 @@ def _refuse(folder:Path, what:str, holders:list):
     raise FolderLocked(f"{what} {folder} is in use by {who}. Two writers would corrupt it: wait for that run to finish or stop it "
                        f"(the lock goes with the process, even after kill -9), or use another folder.")
 
+# %% ../nbs/05_generate.ipynb #d0ac6098
 def _lock_files(folder:Path, rank:int, world_size:int, what:str)->list:
     "Take the folder's locks: one process alone holds `.diffda.lock` exclusively; each rank of a multi-process run holds it shared plus `.diffda.lock.rank{r}` exclusively. Returns the open (locked) files."
     info = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()),
@@ -979,6 +980,7 @@ def _scan_manifests(folder:Path, rep:dict)->dict:
             by_id.setdefault(row['id'], []).append(row)
     return by_id
 
+# %% ../nbs/05_generate.ipynb #f5cc923a
 def repair_folder(folder, # a generation folder (manifest.jsonl and/or manifest.rank*.jsonl, images/)
                   dry_run:bool=False, # only report what would change
                   check_images:bool=True # decode every listed image (finds torn or foreign files)

@@ -232,6 +232,7 @@ def process_group(timeout_s:float=None # how long a rank may wait for the others
         _DIST.clear()
         if created: dist.destroy_process_group()
 
+# %% ../nbs/30_protocol.ipynb #fa9cffe9
 @contextlib.contextmanager
 def _alone():
     "Hide the multi-process environment, so that accelerate (classifier training, fine-tuning) runs this process as a single one."

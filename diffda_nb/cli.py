@@ -113,7 +113,7 @@ def _load(a):
     return cfg
 
 def _cmd_run(a, until='train'):
-    from diffda_nb.protocol import run_experiment, check_config
+    from diffda_nb.protocol import run_experiment, check_config, dist_rank
     import yaml
     cfg = _load(a)
     if getattr(a, 'dry_run', False):
@@ -125,6 +125,7 @@ def _cmd_run(a, until='train'):
         for n in chk['notes']: print(f"note: {n}")
         return 0
     res = run_experiment(cfg, force=a.force, progress=not a.quiet, until=until)
+    if dist_rank()[0] != 0: return 0   # under torchrun / accelerate launch, rank 0 speaks for the run
     if cfg.generator.model == 'tiny' and cfg.method.name != 'baseline': print(_TINY_NOTE)
     print(res['table'] if res['table'] else f"generation done: {res['run']}")
     return 0
@@ -139,9 +140,11 @@ def _cmd_report(a):
 
 def _cmd_sweep(a):
     from diffda_nb.sweep import load_sweep, sweep
+    from diffda_nb.protocol import dist_rank
     kw = load_sweep(a.file)
     if a.out: kw['out'] = a.out
     res = sweep(**kw, dry_run=a.dry_run, force=a.force, progress=not a.quiet)
+    if dist_rank()[0] != 0: return 0
     if a.dry_run: print(f"{a.file}: OK — {len(res['cells'])} cells in {res['out']}: {', '.join(res['cells'])}"); return 0
     print(res['table']); print(f"wrote {res['out']}/results.csv, results.md, results_seeds.csv"); return 0
 
@@ -189,6 +192,9 @@ def build_parser()->argparse.ArgumentParser:
     w.add_argument('--out', help='override the sweep folder'); w.add_argument('--force', action='store_true', help='passed to every run')
     w.add_argument('--dry-run', action='store_true', help='build and check every cell\'s config, run nothing')
     add('methods', 'list the registered methods and their stage choices', _cmd_methods)
+    rp = add('repair', 'mend generation folders damaged by two writers or a crash (one row per id, only rows with a readable image)', _cmd_repair)
+    rp.add_argument('folders', nargs='+', help='generation folders (runs/<name>/seed<k>/generated)')
+    rp.add_argument('--dry-run', action='store_true', help='report what would change, change nothing')
     d = add('demo', 'offline few-shot experiment on CPU: baseline vs Real Guidance on Fashion-MNIST, 2 seeds', _cmd_demo)
     d.add_argument('--out', default='demo_out', help='output folder (default: %(default)s)')
     d.add_argument('--model', default='mini', help="generator: 'mini' (default, DiffDA-Mini), 'tiny' (random weights), a diffusers folder or a hub id")
@@ -214,3 +220,9 @@ def main(argv=None # arguments (default: sys.argv[1:])
     except (ValueError, FileNotFoundError, OSError, TypeError, KeyError) as e:
         if os.environ.get('DIFFDA_DEBUG'): raise
         print(f"diffda {a.command}: error: {e}", file=sys.stderr); return 1
+
+# %% ../nbs/40_cli.ipynb #193a2e8e
+def _cmd_repair(a):
+    from diffda_nb.generate import repair_folder, repair_summary
+    for folder in a.folders: print(repair_summary(repair_folder(folder, dry_run=a.dry_run)))
+    return 0

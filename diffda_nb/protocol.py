@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['EXAMPLE_METHODS', 'DataConfig', 'MethodConfig', 'GeneratorConfig', 'ClassifierConfig', 'UtilizationConfig',
            'ExperimentConfig', 'config_from_dict', 'load_config', 'save_config', 'resolve', 'check_config',
-           'fingerprint', 'load_chain', 'run_experiment', 'results_table', 'unidiffda_configs', 'write_example_configs']
+           'fingerprint', 'dist_rank', 'process_group', 'on_rank0', 'load_chain', 'run_experiment', 'results_table',
+           'unidiffda_configs', 'write_example_configs']
 
 # %% ../nbs/30_protocol.ipynb #d1b4474e
 import hashlib, json, shutil, time
@@ -218,6 +219,97 @@ def _stage_done(folder:Path, fp:str, force:bool, what:str)->bool:
 def _mark_done(folder:Path, fp:str, **info):
     write_json(dict(fingerprint=fp, finished=time.strftime('%Y-%m-%d %H:%M:%S'), **info), folder/'stage.json')
 
+# %% ../nbs/30_protocol.ipynb #f9fd466a
+import contextlib, contextvars, functools, os
+from .generate import folder_lock, _DIST
+
+# %% ../nbs/30_protocol.ipynb #a90a5663
+_DIST_ENV = ('WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'GROUP_RANK', 'GROUP_WORLD_SIZE', 'ROLE_RANK', 'ROLE_WORLD_SIZE',
+             'PMI_SIZE', 'OMPI_COMM_WORLD_SIZE', 'MV2_COMM_WORLD_SIZE')   # what torchrun / accelerate / MPI set, and accelerate reads
+
+def dist_rank()->tuple:
+    "(rank, world_size) of this process in the current `process_group` block (or from $RANK/$WORLD_SIZE; (0, 1) alone)."
+    if _DIST: return _DIST['rank'], _DIST['world_size']
+    w = int(os.environ.get('WORLD_SIZE', 1))
+    return (int(os.environ.get('RANK', 0)) if w > 1 else 0), w
+
+@contextlib.contextmanager
+def process_group(timeout_s:float=None # how long a rank may wait for the others (default: $DIFFDA_DIST_TIMEOUT, else 7 days: rank 0 trains alone)
+                 ):
+    "Under `torchrun` / `accelerate launch` ($WORLD_SIZE > 1): join the process group for the block, starting one if none exists (NCCL on CUDA, gloo on CPU), plus a gloo group to wait in; yields (rank, world_size). Re-entrant; one process: nothing happens."
+    import datetime, torch, torch.distributed as dist
+    rank, world = dist_rank()
+    if world == 1 or _DIST:
+        if _DIST: _DIST['depth'] += 1
+        try: yield dist_rank()
+        finally:
+            if _DIST: _DIST['depth'] -= 1
+        return
+    timeout = datetime.timedelta(seconds=float(timeout_s or os.environ.get('DIFFDA_DIST_TIMEOUT') or 7 * 24 * 3600))
+    created = not dist.is_initialized()
+    if created:
+        if not (os.environ.get('MASTER_ADDR') and os.environ.get('MASTER_PORT')):
+            raise ValueError(f"WORLD_SIZE={world} is set but MASTER_ADDR/MASTER_PORT are not: start the processes with torchrun or accelerate launch "
+                             "(e.g. `torchrun --nproc_per_node 2 $(which diffda) run config.yaml`)")
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', rank)) % gpus)   # one GPU per local rank
+        nccl = gpus and int(os.environ.get('LOCAL_WORLD_SIZE', 1)) <= gpus   # NCCL needs a GPU of its own per process
+        dist.init_process_group('nccl' if nccl else 'gloo')   # the usual timeout: a rank that never comes is an error within minutes
+    group = dist.new_group(backend='gloo', timeout=timeout)   # the long waits happen here, on the CPU (also `generate`'s barriers)
+    _DIST.update(rank=dist.get_rank(), world_size=dist.get_world_size(), group=group, depth=1)
+    try: yield dist_rank()
+    finally:
+        _DIST.clear()
+        if created: dist.destroy_process_group()
+
+# %% ../nbs/30_protocol.ipynb #fa9cffe9
+@contextlib.contextmanager
+def _alone():
+    "Hide the multi-process environment, so that accelerate (classifier training, fine-tuning) runs this process as a single one."
+    from accelerate.state import AcceleratorState
+    saved = {k: os.environ.pop(k) for k in _DIST_ENV if k in os.environ}
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try: yield
+    finally:
+        os.environ.update(saved); AcceleratorState._reset_state(reset_partial_state=True)
+
+def on_rank0(fn, *args, **kwargs):
+    "Run `fn` on rank 0 alone (as a single process) while the other ranks wait; every rank gets its result, or raises its error. One process: just `fn(...)`."
+    if not _DIST or _DIST['world_size'] == 1: return fn(*args, **kwargs)
+    import pickle, torch.distributed as dist
+    box, err = [None], None
+    if _DIST['rank'] == 0:
+        try:
+            with _alone(): box[0] = ('ok', fn(*args, **kwargs))
+        except Exception as e:
+            err = e
+            try: pickle.dumps(e); box[0] = ('error', e)
+            except Exception: box[0] = ('error', RuntimeError(f"{type(e).__name__}: {e}"))
+    dist.broadcast_object_list(box, src=0, group=_DIST['group'])
+    if box[0][0] == 'error': raise (err if err is not None else box[0][1])
+    return box[0][1]
+
+_LOCKS = contextvars.ContextVar('diffda_locks', default=None)
+
+def _hold(cm, slot:str=None):
+    "Enter the context manager `cm` (a folder lock) until the surrounding `_pipeline` function returns, or until the next `_hold` of the same `slot`."
+    st = _LOCKS.get()
+    if st is None: raise RuntimeError('_hold: only inside a function decorated with _pipeline')
+    if slot is None: return st['stack'].enter_context(cm)
+    if slot in st['slots']: st['slots'].pop(slot).close()
+    s = contextlib.ExitStack(); res = s.enter_context(cm); st['slots'][slot] = s; st['stack'].callback(s.close)
+    return res
+
+def _pipeline(fn):
+    "Decorator of the pipeline's entry points (`run_experiment`, `sweep`): they run inside `process_group` and may `_hold` folder locks."
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with process_group(), contextlib.ExitStack() as stack:
+            token = _LOCKS.set(dict(stack=stack, slots={}))
+            try: return fn(*args, **kwargs)
+            finally: _LOCKS.reset(token)
+    return run
+
 # %% ../nbs/30_protocol.ipynb #24662ec8
 def _load_data(cfg:ExperimentConfig):
     from diffda_nb.data import load_dataset
@@ -294,7 +386,7 @@ def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, pro
     from diffda_nb.models import load_sd
     gen = folder/'generated'
     fp = fingerprint(cfg.data, cfg.method, cfg.generator, seed)
-    if _stage_done(gen, fp, force, 'generation'): return Manifest(gen/'manifest.jsonl'), 0.0
+    if on_rank0(_stage_done, gen, fp, force, 'generation'): return Manifest(gen/'manifest.jsonl'), 0.0
     t0 = time.time()
     overrides = {k: v for k, v in asdict(cfg.method).items() if k not in ('name', 'options')}
     if tuned:  # a fine-tuned generator is specific to this seed's split: load it fresh
@@ -309,7 +401,7 @@ def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, pro
     m = generate(pipe, jobs, gen, source_images=train, size=_gen_size(cfg), batch_size=cfg.generator.batch_size,
                  scheduler=cfg.generator.scheduler, progress=progress, generator_name=str(cfg.generator.model),
                  sampler=r['recipe'].sampler(params))
-    _mark_done(gen, fp, jobs=len(jobs))
+    on_rank0(_mark_done, gen, fp, jobs=len(jobs))
     return m, time.time() - t0
 
 def _filter(cfg, train, manifest, seed, progress:bool)->tuple:
@@ -333,6 +425,7 @@ def _train(cfg, r, train, test, manifest, seed, progress:bool, ids=None, ckpt=No
     out['training_set'] = ts.describe() if hasattr(ts, 'describe') else repr(ts)
     return out
 
+@_pipeline
 def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML)
                    force:bool=False, # redo stages whose settings changed (old output moved aside, never deleted)
                    progress:bool=True, # show progress bars
@@ -343,29 +436,31 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
     from tqdm.auto import tqdm
     if not isinstance(cfg, ExperimentConfig): cfg = load_config(cfg)
     check_config(cfg); r = resolve(cfg)
+    rank, _ = dist_rank(); progress = progress and rank == 0   # under torchrun: shared generation, the rest on rank 0
     run = Path(cfg.out_dir)/cfg.name; run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run/'config.yaml')
     train_full, test = _load_data(cfg)
     pipe_cache, paths = {}, []
     for seed in tqdm(cfg.seeds, desc=f'{cfg.name}: seeds', disable=not progress or len(cfg.seeds) == 1):
         folder = run/f'seed{seed}'; folder.mkdir(exist_ok=True)
+        _hold(folder_lock(folder, what='seed folder'), 'seed')   # a second run of this seed is refused at once
         res_path = folder/'results.json'
         util = {k: v for k, v in asdict(cfg.utilization).items() if k != 'filter' or v is not None}   # runs without a filter keep their fingerprints
         fp = fingerprint(cfg.data, cfg.method, cfg.generator, _classifier_key(cfg.classifier), util, seed)
-        if res_path.exists() and _still_valid(res_path, json.loads(res_path.read_text()).get('fingerprint'), fp, force, 'results.json', folder):
+        if on_rank0(lambda: res_path.exists() and _still_valid(res_path, json.loads(res_path.read_text()).get('fingerprint'), fp, force, 'results.json', folder)):
             paths.append(res_path); continue
         seed_everything(seed)
         t0 = time.time(); split, train = _split(cfg, train_full, seed, folder); t_split = time.time() - t0
         manifest, t_gen, tuned, t_ft = None, 0.0, None, 0.0
         if r['recipe'].finetune != 'none':
-            tuned, t_ft = _finetune(cfg, r, train, seed, folder, force)
+            tuned, t_ft = on_rank0(_finetune, cfg, r, train, seed, folder, force)
             write_json([str(p.relative_to(cfg.out_dir)) for p in tuned], folder/'finetuned.json')  # this seed's generator: step folders in order
         if r['recipe'].generation != 'none': manifest, t_gen = _generate(cfg, r, train, seed, folder, pipe_cache, force, progress, tuned)
         if until == 'generate': continue
         t0 = time.time(); kept, filt = (None, None)
-        if cfg.utilization.filter is not None and manifest is not None and r['strategy'] != 'none': kept, filt = _filter(cfg, train, manifest, seed, progress)
+        if cfg.utilization.filter is not None and manifest is not None and r['strategy'] != 'none': kept, filt = on_rank0(_filter, cfg, train, manifest, seed, progress)
         t_filter = time.time() - t0
-        t0 = time.time(); out = _train(cfg, r, train, test, manifest, seed, progress, kept, folder/'classifier_checkpoint', fp, force, train_full, split); t_train = time.time() - t0
+        t0 = time.time(); out = on_rank0(_train, cfg, r, train, test, manifest, seed, progress, kept, folder/'classifier_checkpoint', fp, force, train_full, split); t_train = time.time() - t0
         result = dict(name=cfg.name, method=r['recipe'].name, method_title=r['recipe'].title, seed=seed, fingerprint=fp,
                       dataset=cfg.data.name, shots=cfg.data.shots, task=cfg.data.task, params={k: v for k, v in r['params'].items() if k != 'card'},
                       utilization=r['strategy'], p=r['p'], generator=cfg.generator.model, classifier=cfg.classifier.arch,
@@ -375,11 +470,14 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
                       top5=out['top5'], report=out['report'], classifier_protocol=out['protocol'], per_class=out['per_class'], history=out['history'],
                       seconds=dict(split=round(t_split, 2), finetune=round(t_ft, 2), generate=round(t_gen, 2), filter=round(t_filter, 2), train=round(t_train, 2)),
                       device=str(pick_device(cfg.generator.device)), config=asdict(cfg))
-        write_json(result, res_path); paths.append(res_path)
-        shutil.rmtree(folder/'classifier_checkpoint', ignore_errors=True)   # only once the result is safe
+        if rank == 0:
+            write_json(result, res_path)
+            shutil.rmtree(folder/'classifier_checkpoint', ignore_errors=True)   # only once the result is safe
+        paths.append(res_path)
     if until == 'generate': return dict(run=str(run), results=[], table=None)
-    table = results_table(paths)
-    with atomic_write(run/'results.md') as f: f.write(table + '\n')
+    table = on_rank0(results_table, paths)   # rank 0 has written every results.json by now
+    if rank == 0:
+        with atomic_write(run/'results.md') as f: f.write(table + '\n')
     return dict(run=str(run), results=[str(p) for p in paths], table=table)
 
 # %% ../nbs/30_protocol.ipynb #3973b40b

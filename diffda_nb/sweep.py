@@ -16,6 +16,10 @@ import yaml
 from .core import atomic_write, write_json
 from .protocol import ExperimentConfig, config_from_dict, load_config, check_config, fingerprint, resolve
 
+# %% ../nbs/31_sweeps.ipynb #bc943ebc
+from .generate import folder_lock
+from .protocol import _pipeline, _hold, on_rank0
+
 # %% ../nbs/31_sweeps.ipynb #416bb185
 def expand_sweep(grid:dict=None, # {field: [values]}: the cartesian product
                  cells:list=None # [{field: value, ...}, ...]: explicit settings
@@ -132,6 +136,7 @@ def sweep_table(rows:list, # what `_rows` gives: one per (cell, seed)
     return summ, '\n'.join(lines) + f"\n\n{metric}: mean ± sample std over seeds."
 
 # %% ../nbs/31_sweeps.ipynb #6028c3ec
+@_pipeline
 def sweep(base, # the base `ExperimentConfig` (or its YAML path)
           grid:dict=None, # {dotted field: [values]}: the cartesian product
           cells:list=None, # [{dotted field: value}]: explicit cells (crossed with `grid` if both)
@@ -155,13 +160,14 @@ def sweep(base, # the base `ExperimentConfig` (or its YAML path)
         except ValueError as e: raise ValueError(f"sweep cell {cell_name(c)}: {e}") from None
     if dry_run: return dict(out=str(out), cells=names, configs=cfgs)
     out.mkdir(parents=True, exist_ok=True)
+    _hold(folder_lock(out, what='sweep folder'))   # one sweep per folder at a time
     with atomic_write(out / 'sweep.yaml') as f: yaml.safe_dump(dict(base=asdict(base), grid=grid, cells=cells, metric=metric), f, sort_keys=False)
     finished = []
     for c, n, cfg in tqdm(list(zip(settings, names, cfgs)), desc='sweep', disable=not progress):
         cell_dir, fp = out / 'cells' / n, fingerprint({k: v for k, v in asdict(cfg).items() if k not in ('out_dir', 'notes')})   # a moved sweep still resumes
         paths = _cell_done(cell_dir, fp)
         if paths is None:
-            _link_shared(cfg, cell_dir, out / '_shared')
+            on_rank0(_link_shared, cfg, cell_dir, out / '_shared')
             res = protocol.run_experiment(cfg, force=force, progress=progress)
             paths = [str(Path(p).resolve()) for p in res['results']]
             write_json(dict(fingerprint=fp, cell=c, results=[os.path.relpath(p, cell_dir) for p in paths]), cell_dir / 'done.json')

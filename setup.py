@@ -38,7 +38,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['diffda_nb', 'diffda_nb.*']),
     include_package_data=True,
     install_requires=reqs('requirements'),
-    extras_require={'dev': reqs('dev_requirements')},
+    extras_require={'dev': reqs('dev_requirements'), 'retrieval': reqs('retrieval_requirements')},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),

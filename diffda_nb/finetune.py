@@ -509,7 +509,7 @@ def _on_main(out_dir, write):
     state.wait_for_everyone()
     return card if card is not None else read_card(out_dir)
 
-# %% ../nbs/04_finetune.ipynb #98c897ed
+# %% ../nbs/04_finetune.ipynb #6a96b66f
 CLIP_TEMPLATES = [  # the 80 prompt templates CLIP (Radford et al. 2021) averages for zero-shot ImageNet; Burg et al.'s ③ samples from them
     'a bad photo of a {}.', 'a photo of many {}.', 'a sculpture of a {}.', 'a photo of the hard to see {}.',
     'a low resolution photo of the {}.', 'a rendering of a {}.', 'graffiti of a {}.', 'a bad photo of the {}.',

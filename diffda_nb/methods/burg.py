@@ -9,19 +9,19 @@ __all__ = ['PLACES', 'SARIYILDIZ', 'PROMPT_STRATEGIES', 'BURG_SIMPLE', 'BURG_SIM
            'prompt_jobs', 'CondText2ImageSampler', 'cond_jobs', 'boomerang_jobs', 'ti_jobs', 'retrieval_jobs',
            'upper_bound_jobs']
 
-# %% ../../nbs/18_burg.ipynb #e9557159
+# %% ../../nbs/18_burg.ipynb #91a4075e
 import os, re, warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..recipes import Recipe, register, sdedit_jobs, format_prompt
+from ..recipes import Recipe, register, sdedit_jobs
 from ..generate import Job, register_sampler
 from ..samplers import Text2ImageSampler
-from ..finetune import CLIP_TEMPLATES, TI_TEMPLATES
+from ..finetune import CLIP_TEMPLATES
 
-# %% ../../nbs/18_burg.ipynb #2ab74a16
+# %% ../../nbs/18_burg.ipynb #0c3588f5
 PLACES = ('airport terminal', 'alley', 'amusement park', 'art gallery', 'attic', 'bakery shop', 'balcony', 'ballroom', 'bathroom', 'beach',
           'bedroom', 'boardwalk', 'bookstore', 'bus station', 'campsite', 'classroom', 'closet', 'clothing store', 'coffee shop', 'corridor',
           'desert', 'dining room', 'dressing room', 'field', 'forest path', 'garage', 'gymnasium', 'highway', 'kitchen', 'laundromat',
@@ -47,7 +47,7 @@ def get_prompt_strategy(name:str):
     if name == 'sariyildiz' or name in PROMPT_STRATEGIES: return name
     raise ValueError(f"prompt strategy {name!r} is unknown; known: {sorted(PROMPT_STRATEGIES) + ['sariyildiz']}")
 
-# %% ../../nbs/18_burg.ipynb #253bf139
+# %% ../../nbs/18_burg.ipynb #083ef9d7
 def _wordnet_dir():
     d = Path(os.environ.get('WORDNET_DIR') or '/usr/share/wordnet')
     return d if (d / 'index.noun').is_file() and (d / 'data.noun').is_file() else None
@@ -100,7 +100,7 @@ def class_info(names:list, # class names
         out.append(info)
     return out
 
-# %% ../../nbs/18_burg.ipynb #deb0de5d
+# %% ../../nbs/18_burg.ipynb #4249c1ae
 def prompt_jobs(train_set, # the real training images
                 params:dict, # `Recipe.params` + option strategy (and wordnet, places, missing)
                 seed:int, method:str)->list:
@@ -120,7 +120,7 @@ def prompt_jobs(train_set, # the real training images
         return PROMPT_STRATEGIES[cat](names[label], rng, infos[label])
     return sdedit_jobs(train_set, {**params, 'strength': 1.0}, seed, method=method, prompt_fn=prompt_fn)
 
-# %% ../../nbs/18_burg.ipynb #d13e0b24
+# %% ../../nbs/18_burg.ipynb #d3b03481
 class CondText2ImageSampler(Text2ImageSampler):
     "Text-to-image from learned conditionings: job.params['cond'] names one of `embeds` ({key: 77×D tensor}, `finetune.load_conditionings`)."
     name = 'cond_txt2img'
@@ -151,13 +151,12 @@ def _cond_sampler(params:dict):
     card = params.get('card')
     return CondText2ImageSampler(load_conditionings(card['folder']) if card and card.get('folder') else None)
 
-# %% ../../nbs/18_burg.ipynb #9a90f1bf
+# %% ../../nbs/18_burg.ipynb #3feae730
 def boomerang_jobs(train_set, params:dict, seed:int)->list:
     "Boomerang's jobs: M SDEdit variants of every real image with the empty prompt and no guidance."
     return sdedit_jobs(train_set, {**params, 'guidance': 1.0}, seed, method='boomerang', prompt_fn=lambda label, rng: '')
 
-# %% ../../nbs/18_burg.ipynb #344f2af1
-_FC = dict(utilization='fc', multiplier=1, notes='')
+# %% ../../nbs/18_burg.ipynb #edb27152
 _PROMPT_PAPER = 'Burg et al., 2023'
 
 def _strategy_recipe(name, title, strategy, extra_opts=None, notes=''):
@@ -205,7 +204,7 @@ def _ti_recipe(name, title, **ti):
 BURG_TEXTUAL_INVERSION = _ti_recipe('burg_textual_inversion', 'Textual inversion (pseudoword)')
 PSEUDOWORD_DM = _ti_recipe('pseudoword_dm', 'Pseudoword+DM', unet_lr=2e-6)
 
-# %% ../../nbs/18_burg.ipynb #394b7afc
+# %% ../../nbs/18_burg.ipynb #982f6582
 _POOLS = {}
 def _pool(spec:str):
     "A pool by name, built once per process ('mini', 'mini_all', or an image folder)."

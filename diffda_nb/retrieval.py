@@ -7,7 +7,7 @@ __all__ = ['no_ws', 'retrieval_prompt', 'ClipEncoder', 'load_clip_encoder', 'Poo
            'embed_pool', 'ExactIndex', 'FaissIndex', 'make_index', 'image_hash', 'thumb_descriptor', 'near_similarity',
            'dedup', 'retrieve', 'PoolSampler', 'pool_jobs', 'mini_pool', 'load_fashion_mnist_train']
 
-# %% ../nbs/24_retrieval.ipynb #b9b910eb
+# %% ../nbs/24_retrieval.ipynb #a2ad7ccb
 import hashlib, json, math, time
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from .core import atomic_write, write_json, to_rgb
 from .data import ImageDataset
 from .generate import Sampler, SamplerBatch, Job, register_sampler, prepare_source, _to_model_input
 
-# %% ../nbs/24_retrieval.ipynb #26cd6731
+# %% ../nbs/24_retrieval.ipynb #4726f865
 def no_ws(name:str)->str:
     "A class name with its white space removed: 'ankle boot' → 'ankleboot'."
     return ''.join(str(name).split())
@@ -32,7 +32,7 @@ def retrieval_prompt(name:str, # a class's prompt name
     if template.count('{}') != 1: raise ValueError(f"template: must contain '{{}}' exactly once, got {template!r}")
     return template.format(no_ws(name))
 
-# %% ../nbs/24_retrieval.ipynb #e6d6d04b
+# %% ../nbs/24_retrieval.ipynb #994421cb
 class ClipEncoder:
     "An open_clip model + preprocess + tokenizer that return L2-normalised float32 embeddings (N×dim)."
     def __init__(self, model, preprocess, tokenizer, name:str, device='cpu'):
@@ -67,7 +67,7 @@ def load_clip_encoder(name='mini', # 'mini' (chapter 32's Mini CLIP) or an open_
     model, _, preprocess = open_clip.create_model_and_transforms(f'local-dir:{folder}', device=device)
     return ClipEncoder(model, preprocess, open_clip.get_tokenizer(f'local-dir:{folder}'), name=str(folder.resolve()), device=device)
 
-# %% ../nbs/24_retrieval.ipynb #57c8b98d
+# %% ../nbs/24_retrieval.ipynb #fe683007
 class Pool:
     "Real images to retrieve from: `image(i)`, optional `labels` and `classes`, optional precomputed `embeddings` (N×dim)."
     def __init__(self, images, # an `ImageDataset`, or a list of images / image paths
@@ -118,7 +118,7 @@ def pool_from_hf(dataset, image_key:str='image', label_key:str='label', name:str
     ds = from_hf(dataset, image_key=image_key, label_key=label_key, name=name, **kw)
     return Pool(ds, ds.name)
 
-# %% ../nbs/24_retrieval.ipynb #9e382b67
+# %% ../nbs/24_retrieval.ipynb #f6654ae7
 def _check_dim(pool:Pool, emb:torch.Tensor, encoder:ClipEncoder):
     if emb.shape[1] != encoder.dim:
         raise ValueError(f"pool {pool.name!r}: its embeddings have dimension {emb.shape[1]}, the CLIP model {encoder.name!r} embeds into {encoder.dim}; "
@@ -148,7 +148,7 @@ def embed_pool(pool:Pool, encoder:ClipEncoder,
     _check_dim(pool, emb, encoder)
     return emb
 
-# %% ../nbs/24_retrieval.ipynb #d61fface
+# %% ../nbs/24_retrieval.ipynb #d120f35d
 class ExactIndex:
     "Exact cosine top-k over unit-norm embeddings with torch, in blocks of the pool."
     def __init__(self, emb:torch.Tensor, block:int=65536):
@@ -200,7 +200,7 @@ def make_index(emb:torch.Tensor, method:str='auto', # 'exact', 'faiss' or 'auto'
     if method == 'faiss': return FaissIndex(emb, **kw)
     raise ValueError(f"make_index: method must be 'exact', 'faiss' or 'auto', got {method!r}")
 
-# %% ../nbs/24_retrieval.ipynb #60d99846
+# %% ../nbs/24_retrieval.ipynb #5ea690ca
 def image_hash(img)->str:
     "SHA-1 of an image's RGB pixels (exact duplicates share it)."
     a = np.asarray(to_rgb(img)); return hashlib.sha1(f'{a.shape}'.encode() + a.tobytes()).hexdigest()
@@ -242,7 +242,7 @@ def dedup(images:list, # candidates, best first
         kept.append(i); seen.add(h)
     return kept
 
-# %% ../nbs/24_retrieval.ipynb #717a03ea
+# %% ../nbs/24_retrieval.ipynb #2dbfa710
 def retrieve(queries:dict, # {label: query text}
              n:int, # images wanted per label
              pool:Pool, encoder:ClipEncoder,
@@ -273,7 +273,7 @@ def retrieve(queries:dict, # {label: query text}
             s, i = cand[k]; rows.append(dict(label=int(label), pool_index=i, score=s, rank=r, query=text)); used.append((i, imgs[k]))
     return rows
 
-# %% ../nbs/24_retrieval.ipynb #5fa1b313
+# %% ../nbs/24_retrieval.ipynb #73c9df3e
 class PoolSampler(Sampler):
     "A 'sampler' that writes real images from a pool: job.params['pool_index'] names the image."
     name = 'pool'
@@ -308,7 +308,7 @@ def pool_jobs(rows:list, # `retrieve`'s rows (or any {label, pool_index} dicts)
                         params=dict(pool_index=int(r['pool_index'])), extra={f: r[f] for f in ('score', 'rank') if f in r}))
     return jobs
 
-# %% ../nbs/24_retrieval.ipynb #3e024013
+# %% ../nbs/24_retrieval.ipynb #cb4ea349
 def mini_pool(held_out:bool=False, # True: keep the classes held out of the Mini generator (the real-image upper bound needs them)
               limit:int=None # the first `limit` images only (quick runs)
              )->Pool:

@@ -9,7 +9,7 @@ __all__ = ['PLACES', 'SARIYILDIZ', 'PROMPT_STRATEGIES', 'BURG_SIMPLE', 'BURG_SIM
            'prompt_jobs', 'CondText2ImageSampler', 'cond_jobs', 'boomerang_jobs', 'ti_jobs', 'retrieval_jobs',
            'upper_bound_jobs']
 
-# %% ../../nbs/18_burg.ipynb #91a4075e
+# %% ../../nbs/18_burg.ipynb #479517c7
 import os, re, warnings
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from ..generate import Job, register_sampler
 from ..samplers import Text2ImageSampler
 from ..finetune import CLIP_TEMPLATES
 
-# %% ../../nbs/18_burg.ipynb #0c3588f5
+# %% ../../nbs/18_burg.ipynb #b72693f8
 PLACES = ('airport terminal', 'alley', 'amusement park', 'art gallery', 'attic', 'bakery shop', 'balcony', 'ballroom', 'bathroom', 'beach',
           'bedroom', 'boardwalk', 'bookstore', 'bus station', 'campsite', 'classroom', 'closet', 'clothing store', 'coffee shop', 'corridor',
           'desert', 'dining room', 'dressing room', 'field', 'forest path', 'garage', 'gymnasium', 'highway', 'kitchen', 'laundromat',
@@ -47,7 +47,7 @@ def get_prompt_strategy(name:str):
     if name == 'sariyildiz' or name in PROMPT_STRATEGIES: return name
     raise ValueError(f"prompt strategy {name!r} is unknown; known: {sorted(PROMPT_STRATEGIES) + ['sariyildiz']}")
 
-# %% ../../nbs/18_burg.ipynb #083ef9d7
+# %% ../../nbs/18_burg.ipynb #e086f54b
 def _wordnet_dir():
     d = Path(os.environ.get('WORDNET_DIR') or '/usr/share/wordnet')
     return d if (d / 'index.noun').is_file() and (d / 'data.noun').is_file() else None
@@ -100,7 +100,7 @@ def class_info(names:list, # class names
         out.append(info)
     return out
 
-# %% ../../nbs/18_burg.ipynb #4249c1ae
+# %% ../../nbs/18_burg.ipynb #decca33c
 def prompt_jobs(train_set, # the real training images
                 params:dict, # `Recipe.params` + option strategy (and wordnet, places, missing)
                 seed:int, method:str)->list:
@@ -120,7 +120,7 @@ def prompt_jobs(train_set, # the real training images
         return PROMPT_STRATEGIES[cat](names[label], rng, infos[label])
     return sdedit_jobs(train_set, {**params, 'strength': 1.0}, seed, method=method, prompt_fn=prompt_fn)
 
-# %% ../../nbs/18_burg.ipynb #d3b03481
+# %% ../../nbs/18_burg.ipynb #5fc9a35e
 class CondText2ImageSampler(Text2ImageSampler):
     "Text-to-image from learned conditionings: job.params['cond'] names one of `embeds` ({key: 77×D tensor}, `finetune.load_conditionings`)."
     name = 'cond_txt2img'
@@ -151,12 +151,12 @@ def _cond_sampler(params:dict):
     card = params.get('card')
     return CondText2ImageSampler(load_conditionings(card['folder']) if card and card.get('folder') else None)
 
-# %% ../../nbs/18_burg.ipynb #3feae730
+# %% ../../nbs/18_burg.ipynb #e5eccbe3
 def boomerang_jobs(train_set, params:dict, seed:int)->list:
     "Boomerang's jobs: M SDEdit variants of every real image with the empty prompt and no guidance."
     return sdedit_jobs(train_set, {**params, 'guidance': 1.0}, seed, method='boomerang', prompt_fn=lambda label, rng: '')
 
-# %% ../../nbs/18_burg.ipynb #edb27152
+# %% ../../nbs/18_burg.ipynb #3561f1cd
 _PROMPT_PAPER = 'Burg et al., 2023'
 
 def _strategy_recipe(name, title, strategy, extra_opts=None, notes=''):
@@ -204,7 +204,7 @@ def _ti_recipe(name, title, **ti):
 BURG_TEXTUAL_INVERSION = _ti_recipe('burg_textual_inversion', 'Textual inversion (pseudoword)')
 PSEUDOWORD_DM = _ti_recipe('pseudoword_dm', 'Pseudoword+DM', unet_lr=2e-6)
 
-# %% ../../nbs/18_burg.ipynb #982f6582
+# %% ../../nbs/18_burg.ipynb #98c649f3
 _POOLS = {}
 def _pool(spec:str):
     "A pool by name, built once per process ('mini', 'mini_all', or an image folder)."

@@ -211,8 +211,8 @@ def _split(cfg, train_full, seed, folder:Path):
         save_split(split, path); write_json(fp, fp_path)
     return split, split.apply(train_full)[0]
 
-_CHAIN_PARTS = dict(textual_inversion=('embeddings',), pseudoword_dm=('unet', 'embeddings'), lora=('lora',), esd=('unet',),
-                    ft_conditioning=(), ft_cluster_conditioning=(), imagic=('unet',))  # conditionings are read by the sampler, not loaded into the pipeline  # what each step adds
+_CHAIN_PARTS = dict(textual_inversion=('embeddings',), pseudoword_dm=('unet', 'embeddings'), lora=('lora',), esd=('unet',),  # what each step adds
+                    ft_conditioning=(), ft_cluster_conditioning=(), imagic=('unet',))  # learned conditionings are read by the sampler, not loaded
 
 def _finetune_step(step:str, pipe, train, settings:dict, out:Path, chain:list):
     "Run one fine-tuning step on `pipe` (already carrying the earlier steps), writing `out`."

@@ -333,7 +333,8 @@ def _split(cfg, train_full, seed, folder:Path):
         save_split(split, path); write_json(fp, fp_path)
     return split, split.apply(train_full)[0]
 
-_CHAIN_PARTS = dict(textual_inversion=('embeddings',), pseudoword_dm=('unet', 'embeddings'), lora=('lora',), esd=('unet',))  # what each step adds
+_CHAIN_PARTS = dict(textual_inversion=('embeddings',), pseudoword_dm=('unet', 'embeddings'), lora=('lora',), esd=('unet',),  # what each step adds
+                    ft_conditioning=(), ft_cluster_conditioning=(), imagic=('unet',))  # learned conditionings are read by the sampler, not loaded
 
 def _finetune_step(step:str, pipe, train, settings:dict, out:Path, chain:list):
     "Run one fine-tuning step on `pipe` (already carrying the earlier steps), writing `out`."
@@ -343,6 +344,7 @@ def _finetune_step(step:str, pipe, train, settings:dict, out:Path, chain:list):
         ti = next((c for c in reversed(chain) if finetune.read_card(c).get('embeddings')), None)
         return finetune.train_lora(pipe, train, settings, out_dir=out, ti_dir=ti)
     if step == 'esd': return finetune.erase_concepts(pipe, list(train.prompt_names), settings, out_dir=out, dataset=train)
+    if step == 'cond': return finetune.train_conditioning(pipe, train, settings, out_dir=out)
     raise ValueError(f"fine-tuning step {step!r}: unknown")
 
 def load_chain(pipe, # a fresh pipeline of the base model
@@ -392,7 +394,7 @@ def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, pro
     if tuned:  # a fine-tuned generator is specific to this seed's split: load it fresh
         from diffda_nb.finetune import read_card
         pipe = load_chain(load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype), tuned)
-        overrides['card'] = read_card(tuned[-1])
+        overrides['card'] = dict(read_card(tuned[-1]), folder=str(tuned[-1]))  # the folder: samplers that read its files (learned conditionings)
     else:
         if 'pipe' not in pipe_cache: pipe_cache['pipe'] = load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype)
         pipe = pipe_cache['pipe']

@@ -45,7 +45,7 @@ def _deep_update(base:dict, new:dict)->dict:
 
 _COMMON = ('multiplier', 'strength', 'prompt', 'steps', 'guidance', 'finetune')
 
-FINETUNE_STAGES = dict(ti='TIConfig', lora='LoRAConfig', esd='ESDConfig')  # a fine-tuning step → its settings class in `finetune`
+FINETUNE_STAGES = dict(ti='TIConfig', lora='LoRAConfig', esd='ESDConfig', cond='CondConfig')  # a fine-tuning step → its settings class in `finetune`
 
 def stage_settings(stages:list, # fine-tuning steps in order, e.g. ['ti', 'lora']
                    finetune:dict, # the method's `finetune` parameters: a section per step, other keys shared by every step

@@ -48,6 +48,7 @@ class Benchmark:
     licence: str = ''
     tables: str = '' # which paper tables use it
 
+# %% ../nbs/07_benchmarks.ipynb #95ee6590
 BENCHMARKS = {}
 
 def register_benchmark(b:Benchmark)->Benchmark:
@@ -69,6 +70,7 @@ def fetch_command(name:str, root=None)->str:
     r = f" --root {root}" if root else ''
     return f"diffda datasets --fetch {b.name}{r}"
 
+# %% ../nbs/07_benchmarks.ipynb #c031be65
 def locate(name:str, root=None)->Path:
     "The folder holding benchmark `name` (under `root`, or the data root); `DatasetNotFound` says how to get it."
     b = get_benchmark(name)
@@ -100,6 +102,7 @@ def class_subset(n_all:int, n:int, seed:int=0)->list:
     if n > n_all: raise ValueError(f"class_subset: {n} classes asked for, the dataset has {n_all}")
     return sorted(np.random.default_rng(seed).choice(n_all, n, replace=False).tolist())
 
+# %% ../nbs/07_benchmarks.ipynb #c64cda8e
 def load_benchmark(name:str, # a registered benchmark
                    split:str='train', # one of its `splits`
                    root=None, # folder holding it (default: the data root)
@@ -151,6 +154,7 @@ def _parse_caltech101(folder:Path, split:str, background:bool=False, n_train:int
                 prompt_names=[_CALTECH_PROMPTS.get(c, prompt_name(c)) for c in classes],
                 info=dict(note=f'no official split: {n_train} training images per class (seeded, seed 0), the rest is the test set'))
 
+# %% ../nbs/07_benchmarks.ipynb #bc91594d
 def _parse_cifar100(folder:Path, split:str):
     "The python pickles of cifar-100-python/: `train`, `test` (uint8 rows of 3072) and `meta` (fine label names)."
     def load(f):
@@ -181,6 +185,7 @@ def _imagenet_names(folder:Path)->dict:
         return {w: ', '.join(n) for w, n in torch.load(folder/'meta.bin', weights_only=False)[0].items()}
     return {}
 
+# %% ../nbs/07_benchmarks.ipynb #665c2cd0
 def _parse_imagenet(folder:Path, split:str, wnids=None, fraction:float=None):
     "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (torchvision's ImageNet layout); `wnids` keeps a subset; `fraction` takes Burg et al.'s stratified share."
     sub = folder/('val' if split == 'test' else 'train')
@@ -219,6 +224,7 @@ def _parse_cub(folder:Path, split:str):
     ids = sorted((i for i in paths if is_train[i] == want), key=int)
     return dict(items=[folder/'images'/paths[i] for i in ids], labels=[col[lab[i]] for i in ids], classes=classes)
 
+# %% ../nbs/07_benchmarks.ipynb #c7808d22
 _AIRCRAFT_FILES = dict(train='trainval', test='test', train_only='train', val='val')
 
 def _parse_aircraft(folder:Path, split:str):
@@ -230,6 +236,7 @@ def _parse_aircraft(folder:Path, split:str):
     if bad: raise ValueError(f"aircraft: variant {bad[0]!r} in images_variant_{_AIRCRAFT_FILES[split]}.txt is not in variants.txt")
     return dict(items=[d/'images'/f'{i}.jpg' for i, _ in rows], labels=[col[v] for _, v in rows], classes=classes, prompt_names=classes)   # '707-320' stays '707-320'
 
+# %% ../nbs/07_benchmarks.ipynb #486fa305
 def _parse_flowers(folder:Path, split:str):
     "flowers-102/: jpg/image_00001.jpg, imagelabels.mat (labels 1..102), setid.mat (trnid, valid, tstid); names: torchvision's list."
     from scipy.io import loadmat
@@ -252,6 +259,7 @@ def _parse_cars(folder:Path, split:str):
     img = folder/('cars_train' if split == 'train' else 'cars_test')
     return dict(items=[img/str(f) for f in a['fname']], labels=[int(c) - 1 for c in a['class']], classes=classes, prompt_names=classes)
 
+# %% ../nbs/07_benchmarks.ipynb #9c5a411a
 def _parse_pets(folder:Path, split:str):
     "oxford-iiit-pet/: annotations/trainval.txt and test.txt ('<image> <class id 1..37> <species> <breed id>'), images/<image>.jpg."
     rows = [l.split() for l in _lines(folder/'annotations'/f"{'trainval' if split == 'train' else 'test'}.txt") if not l.startswith('#')]
@@ -297,6 +305,7 @@ def _parse_semi_inat(folder:Path, split:str, level:str='species'):
     col = {c: j for j, c in enumerate(classes)}
     return dict(items=[folder/img[i] for i, _ in rows], labels=[col[k] for _, k in rows], classes=classes, info=dict(level=level))
 
+# %% ../nbs/07_benchmarks.ipynb #cbcd5507
 DOMAINNET_DOMAINS = ('real', 'clipart', 'infograph', 'painting', 'quickdraw', 'sketch')
 
 def _parse_domainnet(folder:Path, split:str, domain:str='real'):
@@ -324,6 +333,7 @@ def _parse_coco(folder:Path, split:str):
     ids = sorted(best)
     return dict(items=[folder/part/files[i] for i in ids], labels=[col[best[i][1]] for i in ids], classes=[c['name'] for c in cats])
 
+# %% ../nbs/07_benchmarks.ipynb #a91e4e11
 VOC_CLASSES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable', 'dog',
                'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor']
 VOC_PROMPT_NAMES = ['airplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'dining table', 'dog',
@@ -340,6 +350,7 @@ def _voc_largest(folder:str, ids:tuple)->tuple:
         out.append(int(np.bincount(cls[obj == n.argmax()].ravel()).argmax()) if n.max() else 0)
     return tuple(out)
 
+# %% ../nbs/07_benchmarks.ipynb #b2d722e5
 def _parse_pascal(folder:Path, split:str):
     "VOC2012/: ImageSets/Segmentation/{train,val}.txt; label = the class of the object with the most pixels (DA-Fusion)."
     ids = tuple(_lines(folder/'ImageSets'/'Segmentation'/f"{'train' if split == 'train' else 'val'}.txt"))
@@ -476,6 +487,7 @@ def _unpack(archive:Path, into:Path):
     import shutil
     if archive.suffix in ('.zip', '.tar', '.tgz', '.gz'): shutil.unpack_archive(str(archive), str(into))
 
+# %% ../nbs/07_benchmarks.ipynb #2a566d18
 def fetch_benchmark(name:str, # a registered benchmark
                     root=None, # the data root to put it under (default: `data_root()`)
                     progress:bool=True)->Path:
@@ -495,6 +507,7 @@ def fetch_benchmark(name:str, # a registered benchmark
     else: raise DatasetNotFound(f"{b.name}: {b.fetch}")
     return locate(name, base)
 
+# %% ../nbs/07_benchmarks.ipynb #6432a82f
 def dataset_note(name:str, root=None)->str:
     "A one-line note for `check_config`: is this benchmark on disk here, and if not, the command that gets it ('' for non-benchmarks)."
     try: b = get_benchmark(name)
@@ -516,6 +529,7 @@ def _fx_caltech(d, n=32):
     for c, name in enumerate(['BACKGROUND_Google', 'Faces_easy', 'accordion', 'airplanes']):
         for i in range(n + c): _img(d/'101_ObjectCategories'/name/f'image_{i + 1:04d}.jpg', c, i)
 
+# %% ../nbs/07_benchmarks.ipynb #84778828
 def _fx_cifar(d, n=5, n_train=3, n_test=2):
     d.mkdir(parents=True, exist_ok=True)
     for split, k in (('train', n_train), ('test', n_test)):
@@ -541,6 +555,7 @@ def _fx_cub(d, n=4):
     _txt(d/'train_test_split.txt', [f'{k + 1} {int(i % 2 == 0)}' for k, (c, i) in enumerate(rows)])
     for c, i in rows: _img(d/'images'/classes[c]/f'{classes[c][4:]}_{i:04d}.jpg', c, i)
 
+# %% ../nbs/07_benchmarks.ipynb #3b893ce4
 def _fx_aircraft(d):
     variants = ['707-320', 'A300B4', 'Cessna 172', 'F-16A/B']
     _txt(d/'data'/'variants.txt', variants)
@@ -552,6 +567,7 @@ def _fx_aircraft(d):
     for s in parts: _txt(d/'data'/f'images_variant_{s}.txt', rows[s])
     _txt(d/'data'/'images_variant_trainval.txt', rows['train'] + rows['val'])
 
+# %% ../nbs/07_benchmarks.ipynb #93549963
 def _fx_flowers(d):
     from scipy.io import savemat
     labels = np.array([1, 1, 2, 2, 3, 3, 1, 2, 3, 102, 102, 102])      # image k+1 has labels[k]
@@ -559,6 +575,7 @@ def _fx_flowers(d):
     savemat(d/'imagelabels.mat', {'labels': labels[None]})
     savemat(d/'setid.mat', {'trnid': np.array([[1, 3, 5, 10]]), 'valid': np.array([[2, 4, 6, 11]]), 'tstid': np.array([[7, 8, 9, 12]])})
 
+# %% ../nbs/07_benchmarks.ipynb #81968e35
 def _fx_cars(d):
     from scipy.io import savemat
     names = ['AM General Hummer SUV 2000', 'Acura RL Sedan 2012', 'Audi R8 Coupe 2012']
@@ -588,6 +605,7 @@ def _fx_dtd(d):
         parts = dict(train=[0, 1], val=[2, 3], test=[4, 5]) if p == 1 else dict(train=[4, 5], val=[2, 3], test=[0, 1])
         for s, ii in parts.items(): _txt(d/'labels'/f'{s}{p}.txt', [f'{cl}/{cl}_{i:04d}.jpg' for cl in classes for i in ii])
 
+# %% ../nbs/07_benchmarks.ipynb #95a0d7c4
 def _fx_medmnist(d, flag, n_classes):
     d.mkdir(parents=True, exist_ok=True); arrays = {}
     for s, n in (('train', 3), ('val', 1), ('test', 2)):
@@ -609,6 +627,7 @@ def _fx_semi_inat(d):
                 _img(d/f, j, i)
         _txt(d/f'{split}.json', [json.dumps(dict(images=images, annotations=annos, categories=cats))])
 
+# %% ../nbs/07_benchmarks.ipynb #108a9a4b
 def _fx_domainnet(d):
     classes = ['aircraft_carrier', 'apple', 'zebra']
     for di, dm in enumerate(DOMAINNET_DOMAINS):
@@ -619,6 +638,7 @@ def _fx_domainnet(d):
                     p = f'{dm}/{cl}/{dm}_{split}_{i:03d}.jpg'; rows.append(f'{p} {c}'); _img(d/p, c, 10 * di + i)
             _txt(d/f'{dm}_{split}.txt', rows)
 
+# %% ../nbs/07_benchmarks.ipynb #0f874883
 def _fx_coco(d):
     cats = [dict(id=1, name='person'), dict(id=3, name='car'), dict(id=18, name='dog')]
     for part in ('train2017', 'val2017'):
@@ -629,6 +649,7 @@ def _fx_coco(d):
         for i in range(1, 6): _img(d/part/f'{i:012d}.jpg', i, 0)
         _txt(d/'annotations'/f'instances_{part}.json', [json.dumps(dict(images=images, annotations=annos, categories=cats))])
 
+# %% ../nbs/07_benchmarks.ipynb #f9b6a374
 def _fx_pascal(d):
     ids = {'train': ['2007_000032', '2007_000039', '2007_000063'], 'val': ['2007_000033', '2007_000042']}
     layout = {'2007_000032': [(1, 12), (15, 20)], '2007_000039': [(20, 30), (12, 5)], '2007_000063': [(7, 6)],   # (class, pixels) per object
@@ -672,6 +693,7 @@ class TableConfig:
     @property
     def path(self)->str: return f'{self.paper}/{self.table}/{self.config.name}.yaml'
 
+# %% ../nbs/07_benchmarks.ipynb #4d58c2c9
 _EXTRA_ROWS = dict(mixup=dict(mixup_alpha=1.0), cutmix=dict(cutmix_alpha=1.0), randaugment=dict(augment='randaugment'),
                    cutout=dict(cutout=16), gridmask=dict(gridmask=16))   # rows that are the baseline with a classic augmentation
 
@@ -737,6 +759,7 @@ def _base_config(name:str, data:dict, method:str, train:dict, seeds, pretrained:
                             classifier=ClassifierConfig('resnet50', pretrained=pretrained, train=train, protocol=protocol),
                             utilization=UtilizationConfig(**(util or {})), seeds=list(seeds), out_dir='runs')
 
+# %% ../nbs/07_benchmarks.ipynb #f226f290
 def _unidiffda_hard()->list:
     "UniDiffDA Table 6 (Semi-iNat, three taxonomic levels) and Table 7 (DomainNet: train on real, test on each of six domains)."
     from diffda_nb.protocol import _unidiffda_strategy, _unidiffda_generator
@@ -812,6 +835,7 @@ def _distdiff_rows()->list:
             out.append(TableConfig(c, 'distdiff', 't1', row, ds, p))
     return out
 
+# %% ../nbs/07_benchmarks.ipynb #b7df9ce7
 def _burg_rows()->list:
     "Burg et al. Table 1 on 10% ImageNet: the baseline and every registered method whose recipe names Burg et al. as its paper."
     from diffda_nb.recipes import METHODS, import_methods
@@ -843,6 +867,7 @@ def table_configs(papers=('unidiffda', 'dafusion', 'distdiff', 'burg') # which p
                                              'the comments in this file (paper: stated there; ours: our choice).')
     return out
 
+# %% ../nbs/07_benchmarks.ipynb #3681a92d
 def _yaml_with_provenance(cfg, prov:dict)->str:
     "The config as YAML with a '# paper: ...' / '# ours: ...' comment after each value whose provenance is known."
     import yaml
@@ -856,6 +881,7 @@ def _yaml_with_provenance(cfg, prov:dict)->str:
         out.append(f'{l}  # {p}' if p and val not in ('null', '{}') else l)   # only values that are set
     return '\n'.join(['# generated by diffda_nb.benchmarks.write_table_configs; values without a comment are library defaults (ours)'] + out) + '\n'
 
+# %% ../nbs/07_benchmarks.ipynb #ee829da0
 def write_table_configs(folder='configs/tables', # where to write <paper>/<table>/<name>.yaml
                         papers=('unidiffda', 'dafusion', 'distdiff', 'burg'))->list:
     "Write `table_configs()` as YAML files (atomically) with provenance comments; stale files of those tables are left for you to delete."

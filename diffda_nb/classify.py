@@ -57,6 +57,7 @@ def _head_name(model:nn.Module)->str:
     if not names: raise ValueError(f"{type(model).__name__} has no nn.Linear head")
     return names[-1]
 
+# %% ../nbs/21_classifier.ipynb #8e81910c
 def _read_state_dict(path)->dict:
     "A state dict from a .pth/.pt/.bin (torch) or .safetensors file, unwrapped from common checkpoint containers."
     path = Path(path)
@@ -73,6 +74,7 @@ def _read_state_dict(path)->dict:
         raise ValueError(f"pretrained: {path} does not hold a state dict (name → tensor)")
     return sd
 
+# %% ../nbs/21_classifier.ipynb #447f797c
 def _load_weights(model:nn.Module, sd:dict, source:str)->nn.Module:
     "Load `sd` into `model`: head re-initialised if its shape differs, ViT position embeddings interpolated, anything else must fit."
     sd = {k.removeprefix('module.').removeprefix('_orig_mod.'): v for k, v in sd.items()}
@@ -94,6 +96,7 @@ def _load_weights(model:nn.Module, sd:dict, source:str)->nn.Module:
     model.load_state_dict(keep, strict=False)
     return model
 
+# %% ../nbs/21_classifier.ipynb #79ebd9bb
 def _torchvision_state_dict(arch:str)->dict:
     "torchvision's DEFAULT weights for `arch`: from the torch hub cache, else downloaded unless offline."
     w = torchvision.models.get_model_weights(arch).DEFAULT
@@ -153,6 +156,7 @@ def train_transform(size:int, # output side in pixels (images are resized to siz
     ops += [T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
     return T.Compose(ops + [t for t in (cutout, gridmask) if t is not None])
 
+# %% ../nbs/21_classifier.ipynb #a9cc9c83
 def eval_transform(size:int, mean=IMAGENET_MEAN, std=IMAGENET_STD)->T.Compose:
     "The test transform: resize to size×size and normalise."
     return T.Compose([T.ToImage(), T.Resize((size, size), antialias=True), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
@@ -174,6 +178,7 @@ def cutout_mask(h:int, w:int, # image height and width
         m[max(y0, 0):max(min(y0 + length, h), 0), max(x0, 0):max(min(x0 + length, w), 0)] = True
     return m
 
+# %% ../nbs/21_classifier.ipynb #c7e71e5e
 class Cutout(nn.Module):
     "Erase (set to 0) `n_holes` random squares of side `length` in a C×H×W (or B×C×H×W) image tensor."
     def __init__(self, n_holes:int=1, # squares per image
@@ -205,6 +210,7 @@ def grid_mask(h:int, w:int, # mask height and width
     xs = ((torch.arange(w) - offset[1]) % d) < l
     return ys[:, None] & xs[None, :]
 
+# %% ../nbs/21_classifier.ipynb #b8179989
 class GridMask(nn.Module):
     "Erase a (randomly shifted, optionally rotated) grid of squares covering about `ratio`² of a C×H×W image tensor."
     def __init__(self, d=(96 / 224, 1.0), # (min, max) unit side: pixels (ints) or fractions of the shorter image side (floats ≤ 1)
@@ -263,6 +269,7 @@ def _beta(alpha:float)->float:
     if not alpha > 0: raise ValueError(f"alpha must be > 0, got {alpha}")
     return float(torch.distributions.Beta(alpha, alpha).sample())
 
+# %% ../nbs/21_classifier.ipynb #b299f9e5
 def mixup(x:torch.Tensor, # images B×C×H×W
           y:torch.Tensor, # integer labels (B,) or soft targets (B, K)
           alpha:float=0.2, # λ ~ Beta(alpha, alpha)
@@ -274,6 +281,7 @@ def mixup(x:torch.Tensor, # images B×C×H×W
     perm = torch.randperm(len(x)).to(x.device)
     return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
 
+# %% ../nbs/21_classifier.ipynb #eb1d7e5b
 def cutmix(x:torch.Tensor, # images B×C×H×W
            y:torch.Tensor, # integer labels (B,) or soft targets (B, K)
            alpha:float=1.0, # λ ~ Beta(alpha, alpha); the box covers about 1-λ of the image
@@ -385,6 +393,7 @@ class Plateau:
         if self.patience is not None and self.wait >= self.patience: self.wait = 0; return 'reduce'
         return 'wait'
 
+# %% ../nbs/21_classifier.ipynb #269ec156
 def draw_validation(labels, # class index of every image
                     fraction:float, # validation images per class, as a fraction of that class's training images (at least 1)
                     seed:int=0, # seed of the draw
@@ -412,6 +421,7 @@ def _to_index(t)->int:
     t = torch.as_tensor(t)
     return int(t.argmax()) if t.ndim else int(t)
 
+# %% ../nbs/21_classifier.ipynb #87a8a528
 class _Prepared(torch.utils.data.Dataset):
     "Applies the image transform and turns targets into soft vectors (training) or class indices (testing)."
     def __init__(self, ds, transform, num_classes:int, soft:bool):
@@ -429,6 +439,7 @@ class _Prepared(torch.utils.data.Dataset):
         if t.shape != (self.num_classes,): raise ValueError(f"training item {i}: target has shape {tuple(t.shape)}, expected ({self.num_classes},) soft vector or an int")
         return x, t
 
+# %% ../nbs/21_classifier.ipynb #dd436a75
 def _num_classes(model:nn.Module)->int:
     "Outputs of the model's head (its last nn.Linear)."
     return model.get_submodule(_head_name(model)).out_features
@@ -459,6 +470,7 @@ def _collect(model, loader, to_device=None, gather=None):
     model.train(was)
     return torch.cat(outs), torch.cat(labs)
 
+# %% ../nbs/21_classifier.ipynb #a4ba561d
 def _metrics(logits:torch.Tensor, labels:torch.Tensor, classes=None, confusion:bool=False)->dict:
     "top1, top5, per-class accuracy (and the confusion matrix) from logits and integer labels."
     K = logits.shape[1]
@@ -473,6 +485,7 @@ def _metrics(logits:torch.Tensor, labels:torch.Tensor, classes=None, confusion:b
     if confusion: out['confusion'] = torch.bincount(labels * K + pred, minlength=K * K).view(K, K)
     return out
 
+# %% ../nbs/21_classifier.ipynb #08714571
 def evaluate(model:nn.Module, # a classifier
              dataset, # items (image, label): PIL/array/uint8 images are resized and normalised, float tensors used as is
              batch_size:int=64,
@@ -506,6 +519,7 @@ def _make_accelerator(device:torch.device, amp):
         if old is None: os.environ.pop('ACCELERATE_TORCH_DEVICE', None)
         else: os.environ['ACCELERATE_TORCH_DEVICE'] = old
 
+# %% ../nbs/21_classifier.ipynb #cab4a646
 def _strip_autocast(model:nn.Module):
     "Give back the model's own `forward` (Accelerate re-binds it as an instance attribute when it adds autocast)."
     f = model.__dict__.get('forward')
@@ -529,6 +543,7 @@ def _data(train_set, val_set, test_set, cfg:TrainConfig, K:int, size:int, gen:to
     ev = lambda ds: None if ds is None else torch.utils.data.DataLoader(_Prepared(ds, eval_transform(size), K, soft=False), batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     return dl, ev(val_set), ev(test_set), len(tr), 0 if val_set is None else len(val_set)
 
+# %% ../nbs/21_classifier.ipynb #9fceff0c
 def _optimizer(model:nn.Module, cfg:TrainConfig):
     "SGD or Adam over the trainable parameters: all of them, or the head's only with `freeze_backbone` (the rest get requires_grad=False)."
     params = list(model.parameters())
@@ -541,6 +556,7 @@ def _optimizer(model:nn.Module, cfg:TrainConfig):
     if cfg.optimizer == 'adam': return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
 
+# %% ../nbs/21_classifier.ipynb #ec93764a
 def _schedule(opt, cfg:TrainConfig, total:int, warm:int):
     "A per-step LambdaLR for 'cosine' and 'constant' (with warm-up); None for 'plateau', whose reductions come from `Plateau`."
     if cfg.schedule == 'plateau': return None
@@ -668,6 +684,7 @@ def rng_state(*generators:torch.Generator)->dict:
     if torch.cuda.is_available() and torch.cuda.is_initialized(): out['cuda'] = torch.cuda.get_rng_state()   # this process's device only
     return out
 
+# %% ../nbs/21_classifier.ipynb #aeb4eb23
 def set_rng_state(state:dict, *generators:torch.Generator):
     "Restore what `rng_state` saved (pass the same generators, in the same order)."
     py, n = state['python'], state['numpy']
@@ -681,6 +698,7 @@ def set_rng_state(state:dict, *generators:torch.Generator):
 class OtherSettingsError(ValueError):
     "A checkpoint that was written by a training run with other settings or data."
 
+# %% ../nbs/21_classifier.ipynb #3769ed3a
 _CKPT_IGNORE = ('device',)   # settings a resumed run may change
 
 def _save_torch(obj, path:Path):
@@ -699,6 +717,7 @@ def _save_checkpoint(ckpt_dir:Path, acc, state:dict, rng:dict):
             if not f.name.startswith(f'rng-e{e:05d}-'): f.unlink(missing_ok=True)
     acc.wait_for_everyone()
 
+# %% ../nbs/21_classifier.ipynb #c076749e
 def _load_checkpoint(ckpt_dir:Path, key:dict, rank:int):
     "The checkpoint in `ckpt_dir` with this process's RNG state (None if there is none); one of other settings raises `OtherSettingsError`."
     p = ckpt_dir / 'state.pt'
@@ -715,6 +734,7 @@ def _load_checkpoint(ckpt_dir:Path, key:dict, rank:int):
     if not r.is_file(): raise ValueError(f"{r}: missing; {p} names epoch {state['epoch']} but this process's random state is not there")
     return {**state, 'rng': load(r)}
 
+# %% ../nbs/21_classifier.ipynb #0a4b0550
 def _resume(ckpt_dir, key:dict, resume, acc):
     "The state to resume from (None: start over, after removing a checkpoint that is not to be used)."
     if resume not in (True, False, 'matching'): raise ValueError(f"resume: expected True, False or 'matching', got {resume!r}")
@@ -752,6 +772,7 @@ def protocol_config(name:str='unidiffda', # a key of `PROTOCOLS`: 'unidiffda', '
     if bad: raise ValueError(f"classifier.train: unknown key(s) {sorted(bad)}; TrainConfig takes {[f.name for f in fields(TrainConfig)]}")
     return TrainConfig(**{**PROTOCOLS[name]['settings'], **overrides})
 
+# %% ../nbs/21_classifier.ipynb #b739a55f
 def protocol_record(name:str, cfg:TrainConfig)->dict:
     "What results.json says about the protocol: its name and source, every setting used, and which of them are the paper's."
     p = PROTOCOLS[name]

@@ -20,6 +20,7 @@ def demo_config(out:str='demo_out', model:str='mini', seeds=(0, 1), shots:int=10
     return [ExperimentConfig(name=f'fmnist-{shots}shot-baseline', method=MethodConfig('baseline'), **common),
             ExperimentConfig(name=f'fmnist-{shots}shot-real_guidance', method=MethodConfig('real_guidance', multiplier=2), **common)]
 
+# %% ../nbs/40_cli.ipynb #2ba98ba6
 def _grid_sources(model:str)->tuple:
     "(images, prompts, generation size) of the SDEdit grid: Fashion-MNIST edited to other classes for Mini, photos otherwise."
     from diffda_nb.core import sample_photos
@@ -31,6 +32,7 @@ def _grid_sources(model:str)->tuple:
     images = [ds.image(ds.labels.index(ds.prompt_names.index(a))) for a in pick]
     return images, [f'a photo of a {b}' for b in pick.values()], 32
 
+# %% ../nbs/40_cli.ipynb #3f3ecd9e
 def sdedit_grid(out, model:str='mini', strengths=(0.3, 0.6, 0.9), steps:int=10, size:int=None, seed:int=0, device=None)->Path:
     "SDEdit three real images at several strengths into one PNG (rows: images; columns: real, then each strength; cells 64 px at least)."
     from diffda_nb.core import grid_image, save_image, make_generator, pick_device
@@ -49,6 +51,7 @@ def sdedit_grid(out, model:str='mini', strengths=(0.3, 0.6, 0.9), steps:int=10, 
                                 generator=make_generator(seed, dev)).images[0] for s in strengths]
     return save_image(grid_image([r.resize((show, show), 0) for r in rows], ncols=len(strengths) + 1), Path(out)/'sdedit_grid.png')
 
+# %% ../nbs/40_cli.ipynb #4a7e161e
 def real_vs_synthetic(run_dir, out_png, n:int=6)->Path:
     "A picture of the first `n` real training images of a run (its first seed) above their synthetic variants."
     from diffda_nb.core import Manifest, grid_image, save_image, load_image
@@ -65,6 +68,7 @@ def real_vs_synthetic(run_dir, out_png, n:int=6)->Path:
     rows = reals + [f[j] for j in range(min(len(f) for f in fakes)) for f in fakes]
     return save_image(grid_image(rows, ncols=len(cols)), out_png)
 
+# %% ../nbs/40_cli.ipynb #0b89db7f
 def demo(out:str='demo_out', # folder for runs, pictures and the results table
          model:str='mini', # 'mini' (embedded default: DiffDA-Mini), 'tiny' (random weights), a local diffusers folder or a hub id
          seeds=(0, 1), # one experiment per seed
@@ -93,6 +97,7 @@ def _cmd_datasets(a):
         print(f"{n:<20} {'present' if here else 'missing':<8} {how}".rstrip())
     return 0
 
+# %% ../nbs/40_cli.ipynb #07886ec7
 def _add_datasets(add):
     "The `datasets` sub-command (called by `build_parser`)."
     s = add('datasets', "the papers' benchmark datasets: present here or not, and the command that fetches each", _cmd_datasets)
@@ -112,6 +117,7 @@ def _load(a):
     if getattr(a, 'out_dir', None): cfg = replace(cfg, out_dir=a.out_dir)
     return cfg
 
+# %% ../nbs/40_cli.ipynb #248bd3a2
 def _cmd_run(a, until='train'):
     from diffda_nb.protocol import run_experiment, check_config, dist_rank
     import yaml
@@ -130,6 +136,7 @@ def _cmd_run(a, until='train'):
     print(res['table'] if res['table'] else f"generation done: {res['run']}")
     return 0
 
+# %% ../nbs/40_cli.ipynb #9b8a4444
 def _cmd_report(a):
     from diffda_nb.protocol import results_table
     table = results_table(a.paths, metric=a.metric)
@@ -138,6 +145,7 @@ def _cmd_report(a):
         with atomic_write(a.out) as f: f.write(table + '\n')
     print(table); return 0
 
+# %% ../nbs/40_cli.ipynb #4126cf53
 def _cmd_sweep(a):
     from diffda_nb.sweep import load_sweep, sweep
     from diffda_nb.protocol import dist_rank
@@ -152,6 +160,7 @@ def _cmd_methods(a):
     from diffda_nb.recipes import methods_table
     print(methods_table()); return 0
 
+# %% ../nbs/40_cli.ipynb #ad70bc3b
 def _cmd_demo(a):
     res = demo(out=a.out, model=a.model, seeds=a.seeds, epochs=a.epochs, progress=not a.quiet)
     if a.model == 'tiny': print(_TINY_NOTE)
@@ -167,6 +176,7 @@ def _cmd_mini(a):
     if a.publish: print(f"installed into {publish_mini(a.out)} (load_sd('mini') now loads it)")
     return 0
 
+# %% ../nbs/40_cli.ipynb #2a6f4d97
 def build_parser()->argparse.ArgumentParser:
     "The `diffda` argument parser (one sub-command per job)."
     p = argparse.ArgumentParser(prog='diffda', description='Diffusion-based data augmentation: fine-tune → generate → utilize.')
@@ -209,6 +219,7 @@ def build_parser()->argparse.ArgumentParser:
     _add_datasets(add)
     return p
 
+# %% ../nbs/40_cli.ipynb #7f8c846b
 def main(argv=None # arguments (default: sys.argv[1:])
         )->int:
     "Entry point of the `diffda` console command; returns the exit status."

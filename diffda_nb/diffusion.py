@@ -28,6 +28,7 @@ def linear_betas(n:int=1000, # number of training timesteps T
     _check_schedule(n, start=start, end=end)
     return torch.linspace(start, end, n, dtype=torch.float64).to(dtype)
 
+# %% ../nbs/01_diffusion.ipynb #43653c31
 def scaled_linear_betas(n:int=1000, # number of training timesteps T
                         start:float=0.00085, # β_1
                         end:float=0.012, # β_T
@@ -37,6 +38,7 @@ def scaled_linear_betas(n:int=1000, # number of training timesteps T
     _check_schedule(n, start=start, end=end)
     return (torch.linspace(start ** 0.5, end ** 0.5, n, dtype=torch.float64) ** 2).to(dtype)
 
+# %% ../nbs/01_diffusion.ipynb #930ec894
 def cosine_betas(n:int=1000, # number of training timesteps T
                  s:float=0.008, # small offset that keeps β_1 from being ~0
                  max_beta:float=0.999, # cap on β_t (the last steps would otherwise reach 1)
@@ -48,6 +50,7 @@ def cosine_betas(n:int=1000, # number of training timesteps T
     t = torch.arange(n, dtype=torch.float64)
     return (1 - abar(t + 1) / abar(t)).clamp(max=max_beta).to(dtype)
 
+# %% ../nbs/01_diffusion.ipynb #cbf467d8
 def alphas_cumprod(betas:Tensor # the schedule β_1..β_T, a 1-D tensor of values in [0, 1]
                   )->Tensor:
     "ᾱ_t = Π_{s≤t} (1 − β_s): the share of the signal's variance left at step t (same dtype as `betas`)."
@@ -65,6 +68,7 @@ def _abar(alphas_cumprod, t, x:Tensor, final=None)->Tensor:
     out = torch.where(t >= 0, a[t.clamp(min=0)], fin)
     return out.reshape(-1, *[1] * (x.ndim - 1)) if out.ndim else out
 
+# %% ../nbs/01_diffusion.ipynb #f0b122df
 def q_sample(x0:Tensor, # clean samples, B×…
              t, # timestep(s): an int, or a length-B tensor (one per sample)
              noise:Tensor, # ε, shaped like x0
@@ -93,6 +97,7 @@ def _eps(unet, x:Tensor, t, cond)->Tensor:
     out = unet(x, t) if cond is None else unet(x, t, encoder_hidden_states=cond)
     return out.sample if hasattr(out, 'sample') else out[0] if isinstance(out, tuple) else out
 
+# %% ../nbs/01_diffusion.ipynb #89a41dca
 def diffusion_loss(unet, # ε-prediction network called as unet(x_t, t, encoder_hidden_states=cond)
                    x0:Tensor, # clean samples (for SD: VAE latents already multiplied by the scaling factor)
                    cond, # conditioning (text embeddings B×77×D), or None for an unconditional UNet
@@ -113,6 +118,7 @@ def cfg(eps_uncond:Tensor, # ε_θ(x_t, t, ∅): the prediction without the prom
     "Classifier-free guidance: ε̂ = ε_u + w·(ε_c − ε_u)."
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
+# %% ../nbs/01_diffusion.ipynb #a8911b4f
 def unet_eps_fn(unet, # a text-conditioned diffusers UNet
                 cond:Tensor, # prompt embeddings, B×77×D
                 uncond=None, # negative/empty-prompt embeddings, B×77×D (needed when guidance_scale > 1)
@@ -147,6 +153,7 @@ def ddim_timesteps(num_steps:int, # number of inference steps N
         return (T + torch.arange(n, dtype=torch.float64) * d).round().long() - 1
     raise ValueError(f"spacing: expected 'leading' or 'trailing', got {spacing!r}")
 
+# %% ../nbs/01_diffusion.ipynb #371d2f3f
 def predict_x0(eps:Tensor, # predicted noise ε
                t, # current timestep(s)
                x_t:Tensor, # current noisy sample
@@ -156,6 +163,7 @@ def predict_x0(eps:Tensor, # predicted noise ε
     a = _abar(alphas_cumprod, t, x_t)
     return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
 
+# %% ../nbs/01_diffusion.ipynb #9cdc81ee
 def ddim_step(eps:Tensor, # predicted noise ε_θ(x_t, t) (after guidance)
               t, # current timestep(s); < 0 means final_alpha_cumprod
               t_prev, # the timestep(s) to jump to; < 0 means "clean" (final_alpha_cumprod)
@@ -190,6 +198,7 @@ def sdedit_timesteps(schedule, # a diffusers scheduler after set_timesteps(N), a
 # %% ../nbs/01_diffusion.ipynb #91fe6510
 def _sd_alphas_cumprod()->Tensor: return alphas_cumprod(scaled_linear_betas())
 
+# %% ../nbs/01_diffusion.ipynb #537b8986
 @torch.no_grad()
 def ddim_sample(eps_fn, # ε(x, t), e.g. from `unet_eps_fn`
                 x:Tensor, # the starting sample, at the first timestep of the run
@@ -206,6 +215,7 @@ def ddim_sample(eps_fn, # ε(x, t), e.g. from `unet_eps_fn`
         x = ddim_step(eps_fn(x, t), t, t - k, x, alphas_cumprod, final_alpha_cumprod=final_alpha_cumprod)
     return x
 
+# %% ../nbs/01_diffusion.ipynb #ddd2b038
 @torch.no_grad()
 def sdedit(unet, # the text-conditioned UNet
            vae, # the AutoencoderKL

@@ -42,6 +42,7 @@ def load_clip(name:str='mini', # 'mini' (the DiffDA-Mini CLIP) or an open_clip m
 
 def _digest(obj)->str: return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+# %% ../nbs/22_filtering.ipynb #c2ef9bf4
 def _weights_digest(module)->list:
     ps = list(module.parameters())
     return [round(float(p.detach().float().sum()), 4) for p in (ps[0], ps[len(ps) // 2], ps[-1])]
@@ -93,6 +94,7 @@ class _ClipScorer(Scorer):
     def settings(self): return dict(name=self.name, clip=self.clip, pretrained=self.pretrained, prompts=self.prompts(),
                                     weights=_weights_digest(self.model))
 
+# %% ../nbs/22_filtering.ipynb #734f0a87
 class ClipMulti(_ClipScorer):
     "CLIP-Multi: softmax over the classes of τ·cos(image, 'A photo of a {class}')."
     name = 'clip_multi'
@@ -201,6 +203,7 @@ class FilterResult:
         return dict(scorer=self.scorer, drop=self.drop, n_scored=len(self.scores), n_kept=len(self.kept), threshold=self.threshold)
     def __repr__(self): return f"FilterResult({self.scorer.get('name')}: kept {len(self.kept)} of {len(self.scores)} rows (r={self.drop:g}), lowest kept score {self.threshold:.4f})"
 
+# %% ../nbs/22_filtering.ipynb #69b95186
 def filter_manifest(manifest, # a `core.Manifest` or its path
                     scorer:Scorer, # the scoring model
                     drop:float=0.1, # r: the fraction of rows with the lowest scores to drop
@@ -283,6 +286,7 @@ class FilterSpec:
     batch_size: int = 64
     classifier: dict = field(default_factory=dict) # Base-Prob: overrides of the experiment's classifier (arch, pretrained, train)
 
+# %% ../nbs/22_filtering.ipynb #a170be3a
 def filter_spec(d, # None, a method name, or a dict of `FilterSpec` fields
                 where:str='utilization.filter' # what to name in errors
                )->FilterSpec:
@@ -307,6 +311,7 @@ def _auto_clip(generator)->str:
     "The Mini CLIP for the DiffDA-Mini and tiny generators (offline), open_clip's ViT-B-32 otherwise."
     return 'mini' if str(generator).lower() in ('mini', 'tiny') else 'ViT-B-32'
 
+# %% ../nbs/22_filtering.ipynb #2033841b
 def make_scorer(spec, # a `FilterSpec` (or what `filter_spec` accepts)
                 real, # the real training images (`data.ImageDataset`): class names, meta-class, Base-Prob's training data
                 generator:str='mini', # the generator's name (chooses the CLIP for clip='auto')

@@ -41,6 +41,7 @@ def class_tokens(classes, # class names (e.g. `dataset.classes`)
     if dup: raise ValueError(f"token_format: {fmt!r} gives the same token to several classes: {dup}")
     return out
 
+# %% ../nbs/04_finetune.ipynb #8b018459
 def multi_vector_tokens(token:str, # the class token
                         n:int # vectors per token
                        )->list:
@@ -58,6 +59,7 @@ def _vector_counts(tokenizer)->dict:
         if n > 1: out[t] = n
     return out
 
+# %% ../nbs/04_finetune.ipynb #8bfc7667
 def expand_tokens(prompt:str, # a prompt that may contain class tokens
                   tokens # {token: number of vectors}, a fine-tuning card, or a tokenizer (its multi-vector tokens)
                  )->str:
@@ -92,6 +94,7 @@ class LoopConfig:
     fixed_batch:bool=False # reuse step 1's draw at every step (tests, debugging)
     progress:bool=True # show a tqdm bar with the loss
 
+# %% ../nbs/04_finetune.ipynb #63dda0a1
 TI_TEMPLATES = ['a photo of a {}', 'a rendering of a {}', 'a cropped photo of the {}', 'the photo of a {}', 'a photo of a clean {}',
                 'a photo of a dirty {}', 'a dark photo of the {}', 'a photo of my {}', 'a photo of the cool {}', 'a close-up photo of a {}',
                 'a bright photo of the {}', 'a cropped photo of a {}', 'a photo of the {}', 'a good photo of the {}', 'a photo of one {}',
@@ -110,6 +113,7 @@ class TIConfig(LoopConfig):
     templates:object='simple' # 'simple' ("a photo of a {}"), 'ti' (Gal et al.'s 27 templates, Burg ⑧⑨), 'clip' (CLIP's 80 ImageNet templates) or a list of '{}' templates
     unet_lr:float=None # also fine-tune the whole UNet at this lr (Pseudoword+DM); None keeps it frozen
 
+# %% ../nbs/04_finetune.ipynb #d6e4d02f
 @dataclass
 class LoRAConfig(LoopConfig):
     "DreamBooth-LoRA on the UNet's attention projections, captions naming the class token and meta-class."
@@ -122,6 +126,7 @@ class LoRAConfig(LoopConfig):
     caption:str='a photo of a {token} {metaclass}' # per-class caption; `{token}` (TI token or class name), `{metaclass}`, `{name}`
     max_grad_norm:float=1.0 # the diffusers DreamBooth-LoRA script's clipping
 
+# %% ../nbs/04_finetune.ipynb #6e41fcdf
 @dataclass
 class CondConfig(LoopConfig):
     "Burg et al.'s FT-conditioning: one free 77×D prompt embedding per class (or per k-means cluster), optionally with the UNet (Imagic-style)."
@@ -133,6 +138,7 @@ class CondConfig(LoopConfig):
     no_ws:bool=False # remove spaces in class names first (Burg's "simple prompt (no ws)" initialisation)
     unet_lr:float=None # also fine-tune the UNet at this (small) lr: Imagic-style (Burg ⑦); None keeps it frozen
 
+# %% ../nbs/04_finetune.ipynb #be463a1f
 @dataclass
 class ESDConfig(LoopConfig):
     "ESD concept erasure (Gandikota et al. 2023), DA-Fusion's model-centric leakage prevention."
@@ -173,6 +179,7 @@ def _check_cfg(cfg, cls):
         if hasattr(cfg, f) and getattr(cfg, f) not in ok: raise ValueError(f"{cls.__name__}.{f}: expected one of {list(ok)}, got {getattr(cfg, f)!r}")
     return cfg
 
+# %% ../nbs/04_finetune.ipynb #69a91d33
 @contextlib.contextmanager
 def _quiet_diffusers():
     "Silence diffusers' and transformers' info/warning logs (e.g. 'no LoRA keys for the text encoder') inside the block."
@@ -187,6 +194,7 @@ def _forked_rng(device):
     "Leave the global RNG of CPU (and of `device` if CUDA) as it was, whatever the block draws."
     with torch.random.fork_rng(devices=[device] if torch.device(device).type == 'cuda' else []): yield
 
+# %% ../nbs/04_finetune.ipynb #ca96fece
 def _cfg_dict(cfg)->dict:
     "The config as JSON-able values (functions by name)."
     out = {}
@@ -212,6 +220,7 @@ def _names(ds)->list:
     pn = getattr(ds, 'prompt_names', None)
     return [str(n) for n in pn] if pn else [str(c) for c in ds.classes]
 
+# %% ../nbs/04_finetune.ipynb #2437d1c6
 def _fingerprint(ds, labels)->str:
     "A short hash of the classes and labels (guards resuming on another dataset)."
     return hashlib.sha1(json.dumps([list(map(str, ds.classes)), labels]).encode()).hexdigest()[:12]
@@ -230,6 +239,7 @@ def _encode_latents(vae, ds, resolution:int, flip:bool, batch:int=8):
         means.append(torch.stack([d.mean for d in dists], 1).float()); stds.append(torch.stack([d.std for d in dists], 1).float())
     return torch.cat(means), torch.cat(stds)
 
+# %% ../nbs/04_finetune.ipynb #a64f0110
 def _use_mask(text_encoder)->bool: return bool(getattr(text_encoder.config, 'use_attention_mask', False))
 
 def _tokenize(tokenizer, prompts:list):
@@ -247,6 +257,7 @@ def encode_prompts(pipe, # a Stable Diffusion pipeline (tokenizer + text encoder
     te = pipe.text_encoder; ids, mask = _tokenize(pipe.tokenizer, prompts)
     return te(ids.to(te.device), attention_mask=mask.to(te.device) if _use_mask(te) else None)[0]
 
+# %% ../nbs/04_finetune.ipynb #32c3903f
 def _check_token_ids(ids:torch.Tensor, token_ids:list, prompt:str):
     "Every prompt must contain its class token (a silently dropped token was a defect of the authors' code)."
     for tid in token_ids:
@@ -271,6 +282,7 @@ def _ddim_scheduler(pipe, steps:int)->DDIMScheduler:
     ddim = DDIMScheduler(**kw); ddim.set_timesteps(steps)
     return ddim
 
+# %% ../nbs/04_finetune.ipynb #7b6e01e4
 class _DiffusionJob(nn.Module):
     "The denoising loss on cached VAE latents; the conditioner `cond` supplies the UNet's encoder hidden states."
     def __init__(self, unet, cond, mean, std, labels, sched, vae_config, batch_size, flip_p, seed):
@@ -310,6 +322,7 @@ def grad_accum_for(cfg:LoopConfig, processes:int=1)->int:
     if cfg.total_batch % per_step: raise ValueError(f"total_batch {cfg.total_batch} is not a multiple of batch_size × processes = {cfg.batch_size} × {processes}")
     return cfg.total_batch // per_step
 
+# %% ../nbs/04_finetune.ipynb #1590b040
 def _accelerator(cfg):
     "An `accelerate.Accelerator` for the config's device and precision."
     from accelerate import Accelerator
@@ -323,6 +336,7 @@ def _accelerator(cfg):
     except ValueError:  # accelerate keeps one global state; a new precision needs a reset
         AcceleratorState._reset_state(True); return Accelerator(**kw)
 
+# %% ../nbs/04_finetune.ipynb #23d2602c
 def _rng_state()->dict:
     py = random.getstate(); np_ = np.random.get_state()
     out = dict(python=[py[0], list(py[1]), py[2]], numpy=[np_[0], np_[1].tolist(), int(np_[2]), int(np_[3]), float(np_[4])],
@@ -341,12 +355,14 @@ def _save_safetensors(tensors:dict, path, metadata=None):
     blob = st_save({k: v.detach().to('cpu').contiguous() for k, v in tensors.items()}, metadata=metadata)
     with atomic_write(path, 'wb') as f: f.write(blob)
 
+# %% ../nbs/04_finetune.ipynb #705b14d4
 def _latest_checkpoint(ckpt_dir):
     "The newest complete checkpoint folder in `ckpt_dir` (None if there is none)."
     if ckpt_dir is None or not Path(ckpt_dir).is_dir(): return None
     done = sorted(p for p in Path(ckpt_dir).glob('step_*') if (p / 'progress.json').exists())
     return done[-1] if done else None
 
+# %% ../nbs/04_finetune.ipynb #6f58812e
 def _save_checkpoint(ckpt_dir:Path, named:dict, opt, acc, progress:dict):
     "Atomically write checkpoint `step_NNNNNN` (tensors, optimizer, scaler, RNG, progress) and drop older ones."
     final = ckpt_dir / f"step_{progress['step']:06d}"; tmp = ckpt_dir / f".tmp-{final.name}"
@@ -361,6 +377,7 @@ def _save_checkpoint(ckpt_dir:Path, named:dict, opt, acc, progress:dict):
     for old in ckpt_dir.glob('step_*'):
         if old != final: shutil.rmtree(old, ignore_errors=True)
 
+# %% ../nbs/04_finetune.ipynb #0018d450
 def train_loop(job:nn.Module, # has `draw(step, micro, rank) -> dict` and `forward(**draw) -> loss`
                param_groups:list, # [{'params': {name: tensor}, 'lr': float}, …]: the only tensors that train
                cfg:LoopConfig, # loop settings
@@ -444,6 +461,7 @@ class _RowsEmbedding(nn.Module):
         new = (ids >= self.first) & (ids < self.first + len(self.rows))
         return torch.where(new[..., None], self.rows[(ids - self.first).clamp(0, len(self.rows) - 1)].to(out.dtype), out)
 
+# %% ../nbs/04_finetune.ipynb #dc94c683
 class _TICond(nn.Module):
     "Conditioner of Textual Inversion: a random template per sample, encoded by the (frozen) text encoder."
     def __init__(self, text_encoder, ids:torch.Tensor, mask:torch.Tensor):
@@ -453,6 +471,7 @@ class _TICond(nn.Module):
     def forward(self, labels, template, **_):
         return self.text_encoder(self.ids[labels, template], attention_mask=self.mask[labels, template] if _use_mask(self.text_encoder) else None)[0]
 
+# %% ../nbs/04_finetune.ipynb #06807ee2
 def _templates(templates)->list:
     if isinstance(templates, str):
         if templates == 'simple': return ['a photo of a {}']
@@ -463,6 +482,7 @@ def _templates(templates)->list:
     if not out or any(not isinstance(t, str) or t.count('{}') != 1 for t in out): raise ValueError(f"templates: every template must contain '{{}}' once, got {out[:3]}")
     return out
 
+# %% ../nbs/04_finetune.ipynb #f23ba5ba
 def _init_words(init, names:list, metaclass)->list:
     "The initialisation word of each class."
     if isinstance(init, (list, tuple)):
@@ -476,6 +496,7 @@ def _init_words(init, names:list, metaclass)->list:
     if not isinstance(init, str) or not init.strip(): raise ValueError(f"init: expected 'the', 'class', 'metaclass', a word or a list of words, got {init!r}")
     return [init] * len(names)
 
+# %% ../nbs/04_finetune.ipynb #7463be48
 @torch.no_grad()
 def _init_vectors(tokenizer, text_encoder, word:str, n:int)->torch.Tensor:
     "n×D start vectors from `word`: its token embeddings one-to-one when it has n tokens, else their mean repeated."
@@ -489,6 +510,7 @@ def _trainable_unet(unet)->dict:
     unet.float().requires_grad_(True)
     return {f'unet.{n}': p for n, p in unet.named_parameters()}
 
+# %% ../nbs/04_finetune.ipynb #db27e5f3
 def _finish_unet(unet, dtype):
     "After training (and saving the fp32 weights): freeze the UNet and cast it back to the pipeline's dtype."
     unet.requires_grad_(False).eval()
@@ -501,6 +523,7 @@ def _freeze(pipe, device):
 
 def _base_name(pipe)->str: return getattr(pipe, 'name_or_path', None) or 'in-memory pipeline'
 
+# %% ../nbs/04_finetune.ipynb #9909933d
 def _on_main(out_dir, write):
     "Run `write()` (saves files, returns the card) on the main process only; the other processes wait, then read the card."
     from accelerate import PartialState
@@ -546,6 +569,7 @@ def read_card(folder # a fine-tuned generator folder
     if card.get('format') != CARD_FORMAT: raise ValueError(f"{path}: format {card.get('format')!r}, expected {CARD_FORMAT!r}")
     return card
 
+# %% ../nbs/04_finetune.ipynb #8679fd7a
 def _check_card_classes(out_dir:Path, dataset):
     "Refuse to mix two datasets' classes in one generator folder."
     try: card = read_card(out_dir)
@@ -553,6 +577,7 @@ def _check_card_classes(out_dir:Path, dataset):
     if dataset is not None and card.get('classes') not in (None, list(map(str, dataset.classes))):
         raise ValueError(f"{out_dir}: its card is for classes {card['classes'][:5]}…, not this dataset's; use another out_dir")
 
+# %% ../nbs/04_finetune.ipynb #bfed8434
 def _write_card(out_dir:Path, pipe, dataset, stage:dict, base_card:dict=None, **fields_)->dict:
     "Merge a finished stage into the folder's card (or `base_card` when it has none), replacing an earlier stage of the same method; write it."
     out_dir = Path(out_dir); _check_card_classes(out_dir, dataset)
@@ -570,6 +595,7 @@ def _write_card(out_dir:Path, pipe, dataset, stage:dict, base_card:dict=None, **
     write_json(card, out_dir / CARD_NAME)
     return card
 
+# %% ../nbs/04_finetune.ipynb #b84bdb3c
 def _stage(method, cfg, hist)->dict:
     return dict(method=method, steps=hist['step'], lr=cfg.lr, loss=hist['losses'], seconds=round(hist['seconds'], 3),
                 resumed_from=hist['resumed_from'], config=_cfg_dict(cfg), batch=hist.get('batch'))
@@ -629,6 +655,7 @@ def train_textual_inversion(pipe, # a Stable Diffusion pipeline; gets the new to
     if cfg.unet_lr: _finish_unet(pipe.unet, unet_dtype)
     return card
 
+# %% ../nbs/04_finetune.ipynb #17994bf3
 def _save_unet(unet, out_dir:Path)->str:
     "Save a full UNet as `unet/` (diffusers' `save_pretrained` layout), atomically."
     tmp = out_dir / '.tmp-unet'; shutil.rmtree(tmp, ignore_errors=True)
@@ -672,6 +699,7 @@ def load_finetuned(pipe_or_base, # a pipeline; a model name/folder for `diffda_n
         if card.get('lora'): pipe.load_lora_weights(str(folder), weight_name=card['lora'])
     return pipe
 
+# %% ../nbs/04_finetune.ipynb #c3bbf0a0
 def class_prompt(card, # a card (dict) or a generator folder
                  label:int, # class index
                  template:str=None # default: the card's prompt, e.g. 'a photo of a {token}'; fields {token} {name} {metaclass}
@@ -697,12 +725,14 @@ def _seeded(seed:int, device):
     with _forked_rng(device):
         torch.manual_seed(seed); yield
 
+# %% ../nbs/04_finetune.ipynb #cd278097
 def _copy_embeddings(card:dict, src:Path, dst:Path):
     if src.resolve() == dst.resolve(): return
     for e in card['embeddings']:
         (dst / e).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / e / 'learned_embeds.safetensors', dst / e / 'learned_embeds.safetensors')
 
+# %% ../nbs/04_finetune.ipynb #4116f4a6
 def train_lora(pipe, # a Stable Diffusion pipeline; its UNet gets the trained adapter in place
                dataset, # an `ImageDataset`
                cfg:LoRAConfig=None, # settings (a `LoRAConfig` or a dict)
@@ -765,6 +795,7 @@ class _ParamCond(nn.Module):
 
 def _cond_key(label:int, cluster:int, k:int)->str: return f'class_{label:03d}' if k == 1 else f'class_{label:03d}_cluster_{cluster}'
 
+# %% ../nbs/04_finetune.ipynb #da0fd98f
 def _assign_clusters(feats:np.ndarray, labels:list, k:int, seed:int)->list:
     "k-means cluster of each image within its class (clusters numbered by first appearance); fewer clusters if a class is small."
     from sklearn.cluster import KMeans
@@ -780,11 +811,13 @@ def _assign_clusters(feats:np.ndarray, labels:list, k:int, seed:int)->list:
         for i, r in zip(idx, raw): out[i] = order[int(r)]
     return out
 
+# %% ../nbs/04_finetune.ipynb #013f62e1
 def _latent_features(mean:torch.Tensor)->np.ndarray:
     "Default clustering features: VAE latent means average-pooled to at most 8×8, flattened."
     m = mean[:, 0].float(); s = min(8, m.shape[-1])
     return F.adaptive_avg_pool2d(m, s).flatten(1).cpu().numpy()
 
+# %% ../nbs/04_finetune.ipynb #98005dfd
 def train_conditioning(pipe, # a Stable Diffusion pipeline (UNet tuned in place with `unet_lr`)
                        dataset, # an `ImageDataset`
                        cfg:CondConfig=None, # settings (a `CondConfig` or a dict)
@@ -825,6 +858,7 @@ def train_conditioning(pipe, # a Stable Diffusion pipeline (UNet tuned in place 
     if cfg.unet_lr: _finish_unet(pipe.unet, unet_dtype)
     return card
 
+# %% ../nbs/04_finetune.ipynb #105167b4
 def load_conditionings(folder, # a generator folder written by `train_conditioning`
                        device=None, dtype=None # where the tensors go (default: CPU, fp32)
                       )->dict:
@@ -834,6 +868,7 @@ def load_conditionings(folder, # a generator folder written by `train_conditioni
     t = load_file(str(Path(folder) / card['conditionings']['file']))
     return {k: v.to(device or 'cpu', dtype or torch.float32) for k, v in t.items()}
 
+# %% ../nbs/04_finetune.ipynb #c121d29c
 def conditioning_keys(card, # a card (dict) or a generator folder
                       labels, # class index per sample
                       images=None, # training-image index per sample: use that image's cluster (natural for img2img)
@@ -921,6 +956,7 @@ class _ESDJob(nn.Module):
         x, t = self._x_t(k, noise, **kw)
         return F.mse_loss(self._eps(self.student, x, t, self.c[k]), self.target(x, t, k))
 
+# %% ../nbs/04_finetune.ipynb #19897afe
 def _esd_params(unet, which:str)->dict:
     "The UNet parameters ESD trains: 'noxattn' (ESD-u), 'xattn' (ESD-x) or 'full'."
     out = {}
@@ -930,6 +966,7 @@ def _esd_params(unet, which:str)->dict:
             out[f'unet.{n}'] = p
     return out
 
+# %% ../nbs/04_finetune.ipynb #ed381f68
 def erase_concepts(pipe, # a Stable Diffusion pipeline (left unchanged)
                    concepts, # the concept prompts to erase, e.g. the class names
                    cfg:ESDConfig=None, # settings (an `ESDConfig` or a dict)

@@ -64,6 +64,7 @@ def _num(x, name, where, lo=None, hi=None, lo_open=False, integer=False):
         raise ValueError(f"{where}.{name}: must be in {rng}, got {x!r}")
     return x
 
+# %% ../nbs/05_generate.ipynb #cfd8cdbe
 def check_jobs(jobs, # a list of `Job`s (or dicts with Job's fields)
                num_sources:int=None, # number of source images: `source_index` must be below it
                embeds:dict=None, # precomputed prompt embeddings, by key
@@ -134,6 +135,7 @@ def _units(jobs:list, couple=None)->list:
         units[where[c]].append(j)
     return units
 
+# %% ../nbs/05_generate.ipynb #2b8ede68
 def plan_batches(jobs:list, # validated jobs
                  batch_size:int, # the most jobs per batch (a coupled unit larger than this is one batch of its own)
                  key=group_key, # fn(job) -> the settings jobs of one batch share (`Sampler.key`)
@@ -158,7 +160,7 @@ def plan_batches(jobs:list, # validated jobs
         if batch: out.append(batch)
     return out
 
-#| export
+# %% ../nbs/05_generate.ipynb #872b73b9
 def canonical_plan(jobs:list, # validated jobs
                    batch_size:int, # the most jobs per batch
                    key=group_key, # see `plan_batches`
@@ -182,6 +184,7 @@ def _size_tuple(size, pipe=None)->tuple:
             raise ValueError(f"size: expected a positive multiple of {f} (or a (width, height) pair of them), got {size!r}")
     return int(w), int(h)
 
+# %% ../nbs/05_generate.ipynb #5d7de6b2
 def prepare_source(img, # a PIL image of any mode / size (or anything `core.to_rgb` takes)
                    size, # (width, height) or an int: the generation size
                    content:float=None # None: fill the frame; a fraction in (0, 1]: fit the image into that share of the frame and pad with black (how DiffDA-Mini was trained: 28 px in 32)
@@ -197,6 +200,7 @@ def prepare_source(img, # a PIL image of any mode / size (or anything `core.to_r
     out = Image.new('RGB', (w, h)); out.paste(inner, ((w - cw) // 2, (h - ch) // 2))
     return out
 
+# %% ../nbs/05_generate.ipynb #2da393eb
 def source_content(pipe)->float:
     "The share of the frame a pipeline's training images filled (`pipe.diffda_source_content`, set by `models.load_sd('mini')`); None: all of it."
     return getattr(pipe, 'diffda_source_content', None)
@@ -262,6 +266,7 @@ def _scheduler_name(sched)->str:
         except Exception: pass
     return type(sched).__name__
 
+# %% ../nbs/05_generate.ipynb #8efadc23
 def resolve_scheduler(pipe, # the pipeline (its scheduler's config is the base)
                       scheduler=None # a factory name ('dpm++', 'ddim', 'euler-a', 'lcm', ...), a scheduler instance, or None for the pipeline's
                      )->tuple:
@@ -272,6 +277,7 @@ def resolve_scheduler(pipe, # the pipeline (its scheduler's config is the base)
     else: raise TypeError(f"scheduler: expected a name, a diffusers scheduler or None, got {type(scheduler).__name__}")
     return proto, _scheduler_name(proto)
 
+# %% ../nbs/05_generate.ipynb #eca0529c
 def _fresh_scheduler(proto, steps:int, strength:float):
     "A new scheduler like `proto`, with timesteps for `steps` cut by `strength` exactly as the img2img pipeline does; returns (scheduler, timesteps)."
     s = type(proto).from_config(proto.config)
@@ -296,6 +302,7 @@ def _sdpa(attention:str=None):
     return sdpa_kernel({'flash': SDPBackend.FLASH_ATTENTION, 'efficient': SDPBackend.EFFICIENT_ATTENTION,
                         'cudnn': SDPBackend.CUDNN_ATTENTION, 'math': SDPBackend.MATH}[attention])
 
+# %% ../nbs/05_generate.ipynb #238b360f
 @dataclass(eq=False)
 class SamplerBatch:
     "One batch in flight: what the engine hands a sampler, and what the sampler's steps fill in."
@@ -325,6 +332,7 @@ class SamplerBatch:
     @property
     def first_rows(self)->list: return [r[0] for r in self.rows]
 
+# %% ../nbs/05_generate.ipynb #68306e1b
 class Sampler:
     "How the engine runs one batch. The base class is SDEdit (diffusers' img2img, step for step); a method overrides the steps it changes."
     name = 'sdedit'
@@ -431,6 +439,7 @@ class Sampler:
 
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.settings().items())})"
 
+# %% ../nbs/05_generate.ipynb #bdb36052
 SAMPLERS = {'sdedit': Sampler}
 
 def register_sampler(name:str, cls:type)->type:
@@ -439,6 +448,7 @@ def register_sampler(name:str, cls:type)->type:
     SAMPLERS[name] = cls
     return cls
 
+# %% ../nbs/05_generate.ipynb #53d6ff7c
 def get_sampler(sampler=None, # None (SDEdit), a registered name, or a `Sampler` instance
                 **options # constructor arguments for a named sampler
                )->Sampler:
@@ -469,6 +479,7 @@ def pipe_fingerprint(pipe)->str:
         parts += [round(float(p.detach().float().sum()), 4) for p in (ps[0], ps[len(ps) // 2], ps[-1])]
     return _digest(parts)
 
+# %% ../nbs/05_generate.ipynb #e21cd09b
 @dataclass(eq=False)
 class PrepareContext:
     "What `Sampler.prepare` sees: the pipeline, every job of the call, the sources, the size, and a disk cache."
@@ -518,6 +529,7 @@ def _batch_size(pipe, batch_size)->int:
 
 def _new_stats()->dict: return dict(groups=0, batches=0, recomputed=0, oom_halvings=0, batch_size=None)
 
+# %% ../nbs/05_generate.ipynb #95dd51f5
 def _chunk(batch:list, start:int, bs:int, couple)->list:
     "The next chunk of `batch` from `start`: whole coupled units up to `bs` jobs (at least one unit)."
     units = _units(batch[start:], couple); out = []
@@ -526,6 +538,7 @@ def _chunk(batch:list, start:int, bs:int, couple)->list:
         out = out + u
     return out
 
+# %% ../nbs/05_generate.ipynb #983e8002
 def _batches(pipe, plan, source_images, size, bs, proto, prompts, hook=None, attention=None, stats=None, done=frozenset(), prefetch=True,
              sampler=None, state=None, content=None):
     "Yield (jobs, their images in [0,1] on the device) per planned batch; done jobs are not yielded; halves the batch size on CUDA out-of-memory."
@@ -594,6 +607,7 @@ def check_model(pipe, sampler)->None:
                          f"instruction (InstructPix2Pix) model with {got}; edit with it through the 'ip2p' or 'diffusemix' sampler, or load an img2img "
                          "model (e.g. 'sd1.5', 'mini')")
 
+# %% ../nbs/05_generate.ipynb #a9b40431
 def _prepare_call(pipe, jobs, source_images, size, scheduler, embeds, attention=None, sampler=None, content='auto'):
     "Validate everything (before any model work) and return (jobs, size, scheduler prototype, scheduler name, prompt cache, sampler, content)."
     if attention is not None and attention not in _ATTENTION: raise ValueError(f"attention: expected None or one of {list(_ATTENTION)}, got {attention!r}")
@@ -608,11 +622,13 @@ def _prepare_call(pipe, jobs, source_images, size, scheduler, embeds, attention=
     if content is not None: _num(content, 'content', 'generate', lo=0, hi=1, lo_open=True)
     return jobs, size, proto, name, PromptCache(pipe, embeds), sampler, content
 
+# %% ../nbs/05_generate.ipynb #55e9546a
 def _prepare_state(pipe, sampler, jobs, source_images, size, cache_dir, progress, content)->dict:
     "Run the sampler's prepare step (nothing to do for an empty job list)."
     if not jobs: return {}
     return sampler.prepare(PrepareContext(pipe, jobs, source_images, size, cache_dir, progress, content)) or {}
 
+# %% ../nbs/05_generate.ipynb #348559fe
 @torch.no_grad()
 def generate_arrays(pipe, # a StableDiffusionImg2ImgPipeline (or any pipeline with vae, unet, text_encoder, tokenizer, scheduler)
                     jobs:list, # `Job`s (or dicts)
@@ -657,6 +673,7 @@ def _row(job:Job, size, scheduler_name:str, generator_name:str, sampler_name:str
     row.update(job.extra)
     return row
 
+# %% ../nbs/05_generate.ipynb #3f8a905d
 def _check_writable(out_dir:Path)->Path:
     "Create `out_dir` and prove it writable by creating and removing a probe file (chmod does not stop root)."
     out_dir = Path(out_dir)
@@ -688,6 +705,7 @@ def _dist_info(rank, world_size)->tuple:
     if rank is None: rank = int(os.environ.get('RANK', 0)) if world_size > 1 else 0
     return rank, world_size
 
+# %% ../nbs/05_generate.ipynb #3525cc08
 def _manifest_files(out_dir:Path)->list:
     "manifest.jsonl first, then the rank shards in rank order."
     shards = sorted(Path(out_dir).glob('manifest.rank*.jsonl'), key=lambda p: int(re.findall(r'rank(\d+)', p.name)[0]))
@@ -700,6 +718,7 @@ def _read_rows(path:Path)->list:
         try: return Manifest(path).rows
         except ValueError as e: raise ValueError(f"{e}; `diffda repair {path.parent}` repairs a folder damaged by two writers or a crash") from None
 
+# %% ../nbs/05_generate.ipynb #99e0086c
 def merge_manifests(out_dir, # the generation folder
                     jobs:list=None # the original job list: rows follow its order (others after, sorted by id); None: sorted by id
                    )->Manifest:
@@ -731,6 +750,7 @@ def _run_id()->str:
     if e.get('TORCHELASTIC_RUN_ID'): return e['TORCHELASTIC_RUN_ID']
     return f"{e['MASTER_ADDR']}:{e['MASTER_PORT']}" if e.get('MASTER_ADDR') and e.get('MASTER_PORT') else None
 
+# %% ../nbs/05_generate.ipynb #e96c43a0
 def _try_flock(path:Path, exclusive:bool, tries:int=5):
     "Open `path` and lock it without waiting (a few retries over 0.2 s ride out another process's brief probe); the open file, or None if held."
     import fcntl
@@ -745,6 +765,7 @@ def _holder(path:Path)->dict:
     try: return json.loads(Path(path).read_text() or 'null')
     except (OSError, ValueError): return None
 
+# %% ../nbs/05_generate.ipynb #638a239d
 def _held_ranks(folder:Path, skip:int=None)->list:
     "The holder records of the rank lock files in `folder` that a live process holds (probed with a brief shared lock)."
     import fcntl
@@ -762,6 +783,7 @@ def _describe(info:dict)->str:
     if (info.get('world_size') or 1) > 1: s += f" (rank {info['rank']} of {info['world_size']})"
     return s + (f": {info['command']}" if info.get('command') else '')
 
+# %% ../nbs/05_generate.ipynb #a11b5a25
 def _refuse(folder:Path, what:str, holders:list):
     who = '; '.join(_describe(h) for h in holders) or 'another process'
     raise FolderLocked(f"{what} {folder} is in use by {who}. Two writers would corrupt it: wait for that run to finish or stop it "
@@ -789,6 +811,7 @@ def _lock_files(folder:Path, rank:int, world_size:int, what:str)->list:
         mine.close(); shared.close(); _refuse(folder, what, other)
     return [shared, mine]
 
+# %% ../nbs/05_generate.ipynb #8ff1dd9c
 _HELD, _HELD_GUARD = {}, threading.Lock()   # realpath → [open lock files, depth]: the folders this process holds
 
 @contextlib.contextmanager
@@ -849,6 +872,7 @@ class _Writer:
         self.q.put(None); self.thread.join(); self.pool.shutdown()
         if self.error is not None: raise self.error
 
+# %% ../nbs/05_generate.ipynb #7fd650c0
 def _to_host(img:torch.Tensor):
     "Quantise to uint8 on the device (as diffusers' numpy_to_pil: round(x·255)) and start a non-blocking copy to pinned memory."
     u8 = (img.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
@@ -861,6 +885,7 @@ def _versions()->dict:
     import diffusers, transformers
     return dict(python=platform.python_version(), torch=torch.__version__, diffusers=diffusers.__version__, transformers=transformers.__version__)
 
+# %% ../nbs/05_generate.ipynb #4c9a2798
 @torch.no_grad()
 def generate(pipe, # a StableDiffusionImg2ImgPipeline (or compatible), on the device to use
              jobs:list, # `Job`s (or dicts); ids must be unique
@@ -966,6 +991,7 @@ def _inside(folder:Path, rel)->Path:
     p = (folder / rel).resolve()
     return p if p.is_relative_to(folder.resolve()) else None
 
+# %% ../nbs/05_generate.ipynb #f7227b96
 def _scan_manifests(folder:Path, rep:dict)->dict:
     "Every parseable row of the folder's manifests, by id in order of first appearance (manifest.jsonl, then the rank shards); notes bad lines in `rep`."
     by_id = {}
@@ -1020,6 +1046,7 @@ def repair_folder(folder, # a generation folder (manifest.jsonl and/or manifest.
             if rep['stage_reset']: (folder / 'stage.json').unlink()
     return rep
 
+# %% ../nbs/05_generate.ipynb #062b38c5
 def repair_summary(rep:dict)->str:
     "The report of `repair_folder` in a few lines."
     verb = 'would' if rep['dry_run'] else 'did'
@@ -1047,6 +1074,7 @@ def inverse_scheduler(pipe, # the pipeline whose scheduler config (betas, steps 
     kw.update(overrides)
     return DDIMInverseScheduler.from_config(cfg, **kw)
 
+# %% ../nbs/05_generate.ipynb #83cf3c16
 @torch.no_grad()
 def invert(pipe, # a Stable Diffusion pipeline
            images, # list of images (anything `core.to_rgb` takes)

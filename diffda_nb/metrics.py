@@ -47,6 +47,7 @@ def frechet_distance_stats(mu1, s1, mu2, s2)->float:
     d = np.asarray(mu1, dtype=np.float64) - np.asarray(mu2, dtype=np.float64)
     return float(max(d @ d + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt, 0.0))
 
+# %% ../nbs/23_metrics.ipynb #11a8876e
 def fid(real, # N×D features of the real images
         generated # M×D features of the generated images
        )->float:
@@ -68,6 +69,7 @@ def mmd2_unbiased(x:np.ndarray, # m×D
     kxx, kyy, kxy = _poly_kernel(x, x, degree, gamma, coef), _poly_kernel(y, y, degree, gamma, coef), _poly_kernel(x, y, degree, gamma, coef)
     return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean())
 
+# %% ../nbs/23_metrics.ipynb #db0145a6
 def kid(real, generated, # N×D and M×D features
         subsets:int=100, # random subsets averaged
         subset_size:int=1000, # samples per subset (capped at the smaller set)
@@ -91,6 +93,7 @@ def knn_radii(x, # N×D features
     out = [torch.cdist(x[i:i + chunk], x).topk(k + 1, dim=1, largest=False).values[:, k] for i in range(0, len(x), chunk)]
     return torch.cat(out).numpy()
 
+# %% ../nbs/23_metrics.ipynb #9e92076a
 def ball_counts(points, # M×D: the points to test
                 centers, # N×D: the ball centres
                 radii, # N radii
@@ -110,6 +113,7 @@ def precision_recall(real, generated, # N×D and M×D features
     rec = float((ball_counts(r, g, knn_radii(g, k, chunk), chunk) > 0).mean())
     return dict(precision=prec, recall=rec)
 
+# %% ../nbs/23_metrics.ipynb #b5f77e0b
 def density_coverage(real, generated, k:int=5, # Naeem et al.: 5
                      chunk:int=1024)->dict:
     "Density (mean number of real balls per generated sample, / k) and coverage (share of real balls holding a generated sample)."
@@ -233,6 +237,7 @@ def _source_key(source)->list:
         return ['dataset', getattr(source, 'name', ''), list(source.labels), getattr(source, 'source_indices', None), getattr(source, 'info', {}).get('split')]
     return None
 
+# %% ../nbs/23_metrics.ipynb #03e8946e
 def extract_features(source, # a Manifest (or manifest.jsonl), a dataset (labels + image(i)), a list of images/paths, or a [-1, 1] tensor
                      extractor='mini', # a `FeatureExtractor` or a name for `feature_extractor`
                      labels=None, # class of each image, for lists and tensors (manifests and datasets bring their own)
@@ -264,6 +269,7 @@ def _all_metrics(r:np.ndarray, g:np.ndarray, k:int, k_dc:int, kid_subsets:int, k
     if min(len(r), len(g)) > max(k, k_dc): out.update(**precision_recall(r, g, k), **density_coverage(r, g, k_dc))
     return out
 
+# %% ../nbs/23_metrics.ipynb #664e227a
 def compare_features(real, generated, # N×D and M×D features
                      real_labels=None, generated_labels=None, # class of each row (both or neither): adds per-class numbers
                      classes=None, # class names (default: the label numbers)

@@ -47,6 +47,7 @@ def seen_labels(names=FASHION_MNIST_PROMPT_NAMES, held_out=HELD_OUT)->list:
     if unknown: raise ValueError(f"held_out: {sorted(unknown)} are not class names {list(names)}")
     return [i for i, n in enumerate(names) if n not in held_out]
 
+# %% ../nbs/32_mini.ipynb #f0561760
 def mini_arrays(split:str='train', # 'train' or 'test'
                 dataset:str='fashion_mnist' # a built-in dataset of 28×28 grey images ('fashion_mnist', 'fashion_mnist_mini')
                )->tuple:
@@ -60,6 +61,7 @@ def _unit(pixels)->torch.Tensor:
     "0…255 pixel values (uint8) → float32 in [-1, 1]; every path of `to_mini_tensor` uses this one formula, so they agree bit for bit."
     return torch.from_numpy(np.array(pixels)).float().div(127.5).sub(1)  # np.array copies: read-only arrays (np.asarray(PIL)) are fine
 
+# %% ../nbs/32_mini.ipynb #88a0ea1d
 def mini_image(img # a PIL image, or anything `core.to_rgb` accepts (any size or mode)
               )->Image.Image:
     "`img` as the Mini models see it: RGB 32×32. 32×32 is kept; any other size is fitted (aspect kept, bicubic) into the central 28×28 and padded with black."
@@ -72,6 +74,7 @@ def mini_image(img # a PIL image, or anything `core.to_rgb` accepts (any size or
     out.paste(img, ((MINI_SIZE - fit[0]) // 2, (MINI_SIZE - fit[1]) // 2))
     return out
 
+# %% ../nbs/32_mini.ipynb #286fae0b
 def to_mini_tensor(images # uint8 arrays N×H×W (grey) or N×H×W×3, PIL images, or a float tensor N×C×H×W in [-1, 1] (C = 1 or 3)
                   )->torch.Tensor:
     "Images as the Mini models see them, by `mini_image`'s rule: float N×3×32×32 in [-1, 1], grey replicated to RGB; 28×28 is padded with black, 32×32 kept, other sizes fitted into 28×28 then padded."
@@ -90,6 +93,7 @@ def to_mini_tensor(images # uint8 arrays N×H×W (grey) or N×H×W×3, PIL image
     elif x.shape[-2:] != (MINI_SIZE, MINI_SIZE): return to_mini_tensor(tensor_to_pil(x.expand(-1, 3, -1, -1)))  # fit via mini_image (8-bit)
     return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
 
+# %% ../nbs/32_mini.ipynb #ff371613
 def caption_table(names=FASHION_MNIST_PROMPT_NAMES, templates=MINI_TEMPLATES)->list:
     "Every training caption: entry `label * len(templates) + t` is template `t` filled with class `label`'s name."
     return [t.format(n) for n in names for t in templates]
@@ -139,6 +143,7 @@ def mini_text_encoder()->'CLIPTextModel':
                                         vocab_size=49408, max_position_embeddings=_CLIP_CONTEXT, projection_dim=32,
                                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
 
+# %% ../nbs/32_mini.ipynb #ad73d4cf
 def mini_unet()->'UNet2DConditionModel':
     "The Mini UNet: SD's UNet2DConditionModel on 8×8×4 latents, channels 32/64/64, cross-attention at 4×4 and 2×2."
     return UNet2DConditionModel(sample_size=MINI_SIZE // 4, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64),
@@ -157,6 +162,7 @@ def mini_clip()->'open_clip.CLIP':
     "The Mini CLIP: an open_clip `CLIP` (ViT 32px / patch 4, text width 32) with CLIP's tokenizer, context 20 tokens."
     return open_clip.CLIP(**MINI_CLIP_CONFIG)
 
+# %% ../nbs/32_mini.ipynb #b093946f
 class FeatureNet(nn.Module):
     "A small CNN classifier on 32×32 images (any channels: it looks at their mean); `features` gives the 128-d embedding for FID."
     def __init__(self, n_classes:int=10, width:int=32):
@@ -177,6 +183,7 @@ def _lr_at(step:int, steps:int, lr:float, warmup:int=None)->float:
     if step < warmup: return lr * (step + 1) / warmup
     return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
 
+# %% ../nbs/32_mini.ipynb #68b53e84
 def _fit(model:nn.Module, # trained in place (all its parameters)
          loss_fn, # loss_fn(step, generator) -> scalar loss; draws its batch with the generator
          steps:int, lr:float, seed:int, desc:str,
@@ -221,6 +228,7 @@ def _fit(model:nn.Module, # trained in place (all its parameters)
     model.eval()
     return dict(steps=steps, losses=losses, seconds=round(seconds + time.perf_counter() - t0, 1), device=str(dev))
 
+# %% ../nbs/32_mini.ipynb #a8beabf9
 def _batch(n:int, size:int, gen)->torch.Tensor: return torch.randint(n, (size,), generator=gen)
 
 # %% ../nbs/32_mini.ipynb #c810bf6f
@@ -251,6 +259,7 @@ class _Generator(nn.Module):
 def _tokens(tokenizer, texts:list)->torch.Tensor:
     return tokenizer(texts, padding='max_length', max_length=tokenizer.model_max_length, truncation=True, return_tensors='pt').input_ids
 
+# %% ../nbs/32_mini.ipynb #faaa6160
 def train_generator(latents:torch.Tensor, # N×4×8×8 posterior means × scaling factor (`encode_latents`)
                     stds:torch.Tensor, # their posterior std × scaling factor (a fresh latent sample is drawn every step)
                     labels, recipe:MiniRecipe, device='cpu', ckpt=None, progress:bool=True, names=FASHION_MNIST_PROMPT_NAMES)->tuple:
@@ -277,6 +286,7 @@ def train_generator(latents:torch.Tensor, # N×4×8×8 posterior means × scalin
     log = _fit(model, loss_fn, recipe.unet_steps, recipe.unet_lr, recipe.seed + 1, 'UNet + text encoder', ckpt, ema=recipe.ema, progress=progress)
     return model.text_encoder, model.unet, log
 
+# %% ../nbs/32_mini.ipynb #06949e87
 @torch.no_grad()
 def encode_latents(vae, images:torch.Tensor, device='cpu', batch:int=512)->tuple:
     "(means, stds) of the VAE posterior of `images`, both multiplied by the VAE's scaling factor, on the CPU."
@@ -308,6 +318,7 @@ def train_clip(images:torch.Tensor, labels, recipe:MiniRecipe, device='cpu', ckp
     log = _fit(model, loss_fn, recipe.clip_steps, recipe.clip_lr, recipe.seed + 2, 'CLIP', ckpt, progress=progress, weight_decay=0.1)
     return model, log
 
+# %% ../nbs/32_mini.ipynb #36c7b7ec
 def train_feature_net(images:torch.Tensor, labels, recipe:MiniRecipe, device='cpu', ckpt=None, progress:bool=True)->tuple:
     "Train the feature network on all ten classes (random 2-pixel shifts and flips)."
     torch.manual_seed(recipe.seed)
@@ -340,6 +351,7 @@ def features(images, net:FeatureNet=None, device='cpu')->torch.Tensor:
     net = net or load_feature_net(device=device)
     return _batched(net.features, to_mini_tensor(images), device)
 
+# %% ../nbs/32_mini.ipynb #c1d5c3eb
 def frechet_distance(a:torch.Tensor, b:torch.Tensor)->float:
     "Fréchet distance between Gaussians fitted to feature sets `a` and `b` (N×D each): |μa−μb|² + tr(Σa + Σb − 2(ΣaΣb)^½)."
     a, b = a.double(), b.double()
@@ -349,6 +361,7 @@ def frechet_distance(a:torch.Tensor, b:torch.Tensor)->float:
     ev = torch.linalg.eigvals(ca @ cb).real.clamp(min=0)
     return float((mu_a - mu_b).pow(2).sum() + ca.trace() + cb.trace() - 2 * ev.sqrt().sum())
 
+# %% ../nbs/32_mini.ipynb #73aebf48
 @torch.no_grad()
 def clip_zero_shot(model, tokenizer, images:torch.Tensor, names=FASHION_MNIST_PROMPT_NAMES,
                    templates=MINI_TEMPLATES, device='cpu')->np.ndarray:
@@ -375,6 +388,7 @@ def text_to_image(pipe, # a txt2img pipeline (`load_sd('mini', kind='txt2img')`)
         out.append(im.float().cpu() * 2 - 1)
     return torch.cat(out)
 
+# %% ../nbs/32_mini.ipynb #169187dd
 def mini_quality(folder=None, # a trained Mini world (default: the shipped one)
                  per_class:int=50, # text-to-image samples per class
                  guidance=(7.5, 3.0), # classifier-free guidance scales to measure (7.5: SD's default, what methods use)
@@ -436,6 +450,7 @@ def _save_weights(module:nn.Module, path:Path):
     "A module's state dict as a safetensors file (CPU, contiguous)."
     save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(path))
 
+# %% ../nbs/32_mini.ipynb #f2072c71
 def save_generator(vae, text_encoder, unet, folder)->Path:
     "Write the Mini generator as a standard diffusers Stable Diffusion folder (DPM-Solver++ scheduler, CLIP tokenizer, safetensors)."
     folder = Path(folder); tmp = _fresh_tmp(folder)
@@ -446,6 +461,7 @@ def save_generator(vae, text_encoder, unet, folder)->Path:
     _replace_dir(tmp, folder)
     return folder
 
+# %% ../nbs/32_mini.ipynb #8974b8cb
 def save_clip(model, folder)->Path:
     "Write the Mini CLIP as an open_clip folder (`open_clip_config.json` + `open_clip_model.safetensors`), loadable with 'local-dir:'."
     folder = Path(folder); tmp = _fresh_tmp(folder)
@@ -475,6 +491,7 @@ def mini_clip_preprocess(img # a PIL image (or anything `mini_image` accepts)
     "The Mini CLIP's image transform: `mini_image`'s pad-or-fit, then CLIP's normalisation (mean = std = 0.5, i.e. [-1, 1]) — `to_mini_tensor([img])[0]`."
     return to_mini_tensor([img])[0]
 
+# %% ../nbs/32_mini.ipynb #e8ad8569
 def load_mini_clip(folder=None, # an open_clip folder (default: the shipped Mini CLIP)
                    device='cpu')->tuple:
     "(model, preprocess, tokenizer) of the Mini CLIP, loaded by open_clip ('local-dir:'); `preprocess` is `mini_clip_preprocess` (pads; open_clip's would stretch)."
@@ -485,6 +502,7 @@ def load_mini_clip(folder=None, # an open_clip folder (default: the shipped Mini
         raise ValueError(f"{folder}: expects pixels normalised with mean {cfg['mean']}, std {cfg['std']}; a Mini CLIP reads [-1, 1] (0.5, 0.5)")
     return model.eval(), mini_clip_preprocess, open_clip.get_tokenizer(f'local-dir:{folder}')
 
+# %% ../nbs/32_mini.ipynb #780f4405
 def load_feature_net(folder=None, # a folder written by `save_feature_net` (default: the shipped one)
                      device='cpu')->FeatureNet:
     "The Mini feature network, in eval mode; `.classes` holds its class names."
@@ -505,6 +523,7 @@ def _thin(losses:list, n:int=400)->list:
     w = max(1, math.ceil(len(losses) / n))
     return [[i + w, round(float(np.mean(losses[i:i + w])), 5)] for i in range(0, len(losses), w)]
 
+# %% ../nbs/32_mini.ipynb #2b5f038c
 def train_mini(out, # working folder: one sub-folder per finished stage, so a rerun resumes where it stopped
                variant='cpu', # a `MINI_RECIPES` name or a `MiniRecipe`
                device=None, progress:bool=True, dataset:str='fashion_mnist')->dict:
@@ -556,6 +575,7 @@ def weights_mb(folder)->float:
 
 def _fmt(v): return f'{100 * v:.1f}%'
 
+# %% ../nbs/32_mini.ipynb #905e24b1
 def write_card(folder)->Path:
     "Write the model card `README.md` of a trained Mini world from its `training.json` and `quality.json`."
     folder = Path(folder)
@@ -600,6 +620,7 @@ def write_card(folder)->Path:
     with atomic_write(folder / 'README.md') as f: f.write('\n'.join(lines) + '\n')
     return folder / 'README.md'
 
+# %% ../nbs/32_mini.ipynb #9a3334d3
 def publish_mini(out, # a finished `train_mini` folder
                  dest=None # where to install it (default: the package's `assets/mini`, what `load_sd('mini')` reads)
                 )->Path:
@@ -632,6 +653,7 @@ def sample_grid(pipe, # a txt2img pipeline
     imgs = text_to_image(pipe, [f'a photo of a {c}' for c in names], n, seed, guidance)
     return grid_image([im.resize((cell, cell), Image.Resampling.NEAREST) for im in tensor_to_pil(imgs)], ncols=n)
 
+# %% ../nbs/32_mini.ipynb #31e676c8
 def plot_training(folder=None # a trained Mini world (default: the shipped one)
                  ):
     "Loss curves of the four trainings in `training.json`, one panel each."

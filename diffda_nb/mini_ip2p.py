@@ -42,6 +42,7 @@ def _sobel(g:torch.Tensor)->torch.Tensor:
     gp = F.pad(g, (1, 1, 1, 1), mode='replicate')
     return (F.conv2d(gp, kx.view(1, 1, 3, 3)) ** 2 + F.conv2d(gp, kx.T.reshape(1, 1, 3, 3)) ** 2).sqrt()
 
+# %% ../nbs/33_mini_ip2p.ipynb #b17293cd
 def _pattern(kind:str, size:int=32, period:int=8)->torch.Tensor:
     "0/1 pattern: 'stripes' (horizontal bands of period/2 px) or 'checker' (squares of period/2 px)."
     i = torch.arange(size) // (period // 2) % 2
@@ -148,6 +149,7 @@ def ip2p_unet(unet:UNet2DConditionModel # a text-to-image UNet (4 latent channel
     new.load_state_dict(sd)
     return new
 
+# %% ../nbs/33_mini_ip2p.ipynb #c4f0adc2
 @torch.no_grad()
 def edit_latents(vae, images:torch.Tensor, # N×3×32×32 in [-1, 1]
                  edits:dict=None, device='cpu', batch:int=512)->tuple:
@@ -166,6 +168,7 @@ class _Editor(nn.Module):
     "Text encoder + IP2P UNet, trained together."
     def __init__(self, text_encoder, unet): super().__init__(); self.text_encoder, self.unet = text_encoder, unet
 
+# %% ../nbs/33_mini_ip2p.ipynb #027baf98
 def train_ip2p(src:torch.Tensor, mus:torch.Tensor, sds:torch.Tensor, # from `edit_latents`
                text_encoder, unet, # the Mini text encoder and an `ip2p_unet`: trained in place
                recipe:IP2PRecipe, device='cpu', ckpt=None, progress:bool=True, edits:dict=None)->dict:
@@ -219,6 +222,7 @@ def edit_images(pipe, # an InstructPix2Pix pipeline (`load_sd('mini-ip2p')`)
         out.append(im.float().cpu() * 2 - 1)
     return torch.cat(out)
 
+# %% ../nbs/33_mini_ip2p.ipynb #022a46e7
 def held_out_images(n:int, seed:int=0, classes:str='seen', dataset:str='fashion_mnist')->tuple:
     "`n` random test-split images (uint8 N×28×28) and their labels, of the 'seen' or the 'held_out' classes."
     x, y = mini_arrays('test', dataset); seen = seen_labels()
@@ -286,6 +290,7 @@ def train_mini_ip2p(out, # working folder (a finished stage is not redone; train
 # %% ../nbs/33_mini_ip2p.ipynb #edcfbff5
 def _pct(v): return f'{100 * v:.1f}%'
 
+# %% ../nbs/33_mini_ip2p.ipynb #142084a8
 def write_ip2p_card(folder)->Path:
     "The model card `README.md` of a trained Mini-IP2P run, from its `training.json` and `quality.json`."
     folder = Path(folder)
@@ -310,6 +315,7 @@ def write_ip2p_card(folder)->Path:
     with atomic_write(folder / 'README.md') as f: f.write('\n'.join(lines) + '\n')
     return folder / 'README.md'
 
+# %% ../nbs/33_mini_ip2p.ipynb #3e3e3feb
 def publish_mini_ip2p(out, # a finished `train_mini_ip2p` folder
                       dest=None # where to install it (default: the package's `assets/mini/ip2p`, what `load_sd('mini-ip2p')` reads)
                      )->Path:

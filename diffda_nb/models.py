@@ -28,7 +28,7 @@ def _byte_chars()->list:
     others = [b for b in range(256) if b not in set(printable)]
     return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
 
-
+# %% ../nbs/02_models.ipynb #b60279dd
 def _write_clip_files(folder:Path):
     "Convert open_clip's bundled BPE table into `vocab.json`, `merges.txt` and a tokenizer config in `folder`."
     import open_clip
@@ -43,6 +43,7 @@ def _write_clip_files(folder:Path):
     with atomic_write(folder / 'merges.txt') as f: f.write('#version: 0.2\n' + '\n'.join(merges) + '\n')
     with atomic_write(folder / 'tokenizer_config.json') as f: json.dump(config, f, indent=1)  # written last: marks completion
 
+# %% ../nbs/02_models.ipynb #92a07048
 def clip_tokenizer(cache_dir=None # folder for the converted files (default `$DIFFDA_CACHE` or `~/.cache/diffda_nb`, + `/clip_tokenizer`)
                   )->CLIPTokenizer:
     "CLIP's real BPE tokenizer (SD 1.x's), built offline from open_clip's bundled vocabulary; a fresh object per call."
@@ -60,6 +61,7 @@ _SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.01
 def _check_kind(kind):
     if kind not in KINDS: raise ValueError(f"kind: {kind!r} is not one of {list(KINDS)}")
 
+# %% ../nbs/02_models.ipynb #8ad4f093
 def tiny_sd(kind:str='img2img', # 'img2img', 'txt2img' or 'ip2p' (InstructPix2Pix: UNet with 8 input channels)
             seed:int=0, # the weights depend only on this seed
             sample_size:int=64 # default image size in pixels (a multiple of 8)
@@ -109,6 +111,7 @@ def _scheduler_key(name)->str:
     if key not in SCHEDULERS: raise ValueError(f"scheduler: {name!r} is not one of {list(SCHEDULERS)} (aliases: {list(_SCHEDULER_ALIASES)})")
     return key
 
+# %% ../nbs/02_models.ipynb #b5f576bf
 def make_scheduler(name:str, # a `SCHEDULERS` name or alias, e.g. 'dpm++', 'DDIM', 'euler_a'
                    config # another scheduler, or its `.config`, whose training schedule to keep
                   ):
@@ -121,6 +124,7 @@ def make_scheduler(name:str, # a `SCHEDULERS` name or alias, e.g. 'dpm++', 'DDIM
     try: return cls.from_config(config, **extra)
     finally: log.setLevel(level)
 
+# %% ../nbs/02_models.ipynb #534c73a3
 def set_scheduler(pipe, # a diffusers pipeline
                   name # a `SCHEDULERS` name/alias, or a ready scheduler object
                  ):
@@ -148,6 +152,7 @@ def mini_path(*parts:str)->Path:
 class ModelNotAvailableError(OSError):
     "A model that is neither a local folder nor in the Hugging Face cache, and cannot be downloaded."
 
+# %% ../nbs/02_models.ipynb #9a045cb5
 _PIPELINES = {('sd', 'img2img'): 'StableDiffusionImg2ImgPipeline', ('sd', 'txt2img'): 'StableDiffusionPipeline',
               ('sd', 'ip2p'): 'StableDiffusionInstructPix2PixPipeline',
               ('sd3', 'img2img'): 'StableDiffusion3Img2ImgPipeline', ('sd3', 'txt2img'): 'StableDiffusion3Pipeline',
@@ -163,6 +168,7 @@ def _family(class_name:str, where:str)->str:
     if n.startswith('StableDiffusion'): return 'sd'
     raise ValueError(f"{where}: pipeline class {n!r} is not supported (expected a Stable Diffusion 1.x/2.x/3.x/XL or InstructPix2Pix checkpoint)")
 
+# %% ../nbs/02_models.ipynb #a587a13f
 def _pipeline_class(class_name:str, kind:str, where:str='model'):
     "The diffusers pipeline class for a checkpoint whose model_index.json names `class_name`, used for `kind`."
     import diffusers
@@ -178,6 +184,7 @@ def _offline()->bool:
     from huggingface_hub import constants
     return env_flag('HF_HUB_OFFLINE') if 'HF_HUB_OFFLINE' in os.environ else bool(constants.HF_HUB_OFFLINE)
 
+# %% ../nbs/02_models.ipynb #cb8846f3
 def _unavailable(model:str, repo:str, why:str)->ModelNotAvailableError:
     from huggingface_hub import constants
     name = repr(model) + (f' ({repo})' if repo != model else '')
@@ -188,6 +195,7 @@ def _unavailable(model:str, repo:str, why:str)->ModelNotAvailableError:
         f"HF_HOME to its location (the cache looked in: {constants.HF_HUB_CACHE}); if this machine does have internet, "
         f"unset HF_HUB_OFFLINE.")
 
+# %% ../nbs/02_models.ipynb #7375a59c
 def _hub_index(model:str, repo:str, offline:bool, cache_dir=None)->dict:
     "model_index.json of hub repo `repo`, from the cache or the hub; clear errors otherwise."
     from huggingface_hub import hf_hub_download
@@ -205,6 +213,7 @@ def _hub_index(model:str, repo:str, offline:bool, cache_dir=None)->dict:
     except OSError as e: raise _unavailable(model, repo, f'downloading failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from None
     return json.loads(Path(path).read_text())
 
+# %% ../nbs/02_models.ipynb #4d13c04c
 def _resolve(model)->tuple:
     "(source for from_pretrained, model_index dict, is_local) for an alias, folder or hub id."
     if model == 'mini':
@@ -231,6 +240,7 @@ def _resolve(model)->tuple:
         raise FileNotFoundError(f"model: local folder not found: {model}")
     return MODEL_ALIASES.get(model, model), None, False
 
+# %% ../nbs/02_models.ipynb #ec911488
 def load_sd(model:str, # an alias ('sd1.5', 'sd2.1', 'sd3.5', 'ip2p', ... see `MODEL_ALIASES`), a hub id, a local diffusers folder, 'tiny', 'mini' or 'mini-ip2p'
             kind:str='img2img', # 'img2img', 'txt2img' or 'ip2p' (InstructPix2Pix editing)
             device=None, # device for the pipeline (default `pick_device()`)
@@ -267,6 +277,7 @@ def load_sd(model:str, # an alias ('sd1.5', 'sd2.1', 'sd3.5', 'ip2p', ... see `M
     if model in ('mini', 'mini-ip2p'): pipe.diffda_source_content = 28 / 32   # Mini saw 28-px Fashion-MNIST padded to 32: sources are padded the same way
     return pipe
 
+# %% ../nbs/02_models.ipynb #fcdf4706
 def is_mini(pipe)->bool:
     "Whether `pipe` is the shipped DiffDA-Mini generator (from `load_sd('mini')` or loaded from its folder)."
     if getattr(pipe, 'diffda_source_content', None) is not None: return True
@@ -287,6 +298,7 @@ def quiet_loading():
 # %% ../nbs/02_models.ipynb #048b0e88
 def _denoiser(pipe): return getattr(pipe, 'unet', None) or getattr(pipe, 'transformer', None)
 
+# %% ../nbs/02_models.ipynb #ff247bfe
 def speed_up(pipe, # a diffusers Stable Diffusion pipeline (changed in place)
              channels_last:bool=True, # channels-last memory format for UNet and VAE
              fuse_qkv:bool=True, # fuse the attention q/k/v projections into one matmul

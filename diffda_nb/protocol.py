@@ -32,6 +32,7 @@ class DataConfig:
     test_limit: int = None # evaluate on the first N test images only (quick runs)
     metaclass: str = None # the fine-grained family word that prompts and LoRA captions use ('bird', 'aircraft'); None: the dataset's own
 
+# %% ../nbs/30_protocol.ipynb #63077987
 @dataclass
 class MethodConfig:
     "Which DiffDA method and its hyper-parameters (None: the method's default for the task type)."
@@ -44,6 +45,7 @@ class MethodConfig:
     finetune: dict = field(default_factory=dict) # stage ① overrides, e.g. {steps: 500} (fields of finetune.TIConfig)
     options: dict = field(default_factory=dict) # the method's own options (see `diffda methods`), e.g. {epsilon: 0.1} for GIF
 
+# %% ../nbs/30_protocol.ipynb #e4024838
 @dataclass
 class GeneratorConfig:
     "The diffusion model used for generation."
@@ -54,6 +56,7 @@ class GeneratorConfig:
     batch_size: object = 'auto'
     device: str = None
 
+# %% ../nbs/30_protocol.ipynb #58876a05
 @dataclass
 class ClassifierConfig:
     "The classifier and its training: a paper's protocol (`classify.PROTOCOLS`), whose `TrainConfig` values `train` overrides."
@@ -69,6 +72,7 @@ class UtilizationConfig:
     p: float = None
     filter: object = None # drop low-scored synthetic rows first: None, a method name or {method, drop, ...} (see `filtering.filter_spec`)
 
+# %% ../nbs/30_protocol.ipynb #93d8c2a0
 @dataclass
 class ExperimentConfig:
     "A whole experiment: data, method, generator, classifier, utilization and seeds."
@@ -107,6 +111,7 @@ def config_from_dict(d:dict, # the parsed YAML
     if isinstance(cfg.seeds, int): cfg.seeds = [cfg.seeds]
     return cfg
 
+# %% ../nbs/30_protocol.ipynb #5f6900f1
 def load_config(path)->ExperimentConfig:
     "Read an experiment config from a YAML file."
     path = Path(path)
@@ -135,6 +140,7 @@ def _check_protocol(cfg:ExperimentConfig)->list:
         notes.append('classifier.train.freeze_backbone: the backbone is frozen but classifier.pretrained is false, so only a head on random features trains')
     return notes
 
+# %% ../nbs/30_protocol.ipynb #0e199e6b
 def _classifier_key(c:ClassifierConfig)->dict:
     "The classifier section as the training fingerprint sees it: the default protocol is left out, so older runs keep their fingerprints."
     return {k: v for k, v in asdict(c).items() if k != 'protocol' or v != 'unidiffda'}
@@ -159,6 +165,7 @@ def resolve(cfg:ExperimentConfig)->dict:
     p = cfg.utilization.p if cfg.utilization.p is not None else params['p']
     return dict(recipe=recipe, params=params, strategy=strategy, p=p)
 
+# %% ../nbs/30_protocol.ipynb #cc80fae1
 def check_config(cfg:ExperimentConfig)->dict:
     "Validate a config offline; returns the resolved settings and notes on what a real run needs."
     from diffda_nb.classify import ARCHS, TrainConfig
@@ -211,6 +218,7 @@ def _still_valid(path:Path, old:str, fp:str, force:bool, what:str, where:Path)->
     path.rename(path.with_name(f"{path.stem}.stale-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"))
     return False
 
+# %% ../nbs/30_protocol.ipynb #725013d3
 def _stage_done(folder:Path, fp:str, force:bool, what:str)->bool:
     "True if `folder` holds a finished stage with fingerprint `fp`; moves a stale one aside when forced."
     marker = folder/'stage.json'
@@ -233,6 +241,7 @@ def dist_rank()->tuple:
     w = int(os.environ.get('WORLD_SIZE', 1))
     return (int(os.environ.get('RANK', 0)) if w > 1 else 0), w
 
+# %% ../nbs/30_protocol.ipynb #757ce8fa
 @contextlib.contextmanager
 def process_group(timeout_s:float=None # how long a rank may wait for the others (default: $DIFFDA_DIST_TIMEOUT, else 7 days: rank 0 trains alone)
                  ):
@@ -273,6 +282,7 @@ def _alone():
     finally:
         os.environ.update(saved); AcceleratorState._reset_state(reset_partial_state=True)
 
+# %% ../nbs/30_protocol.ipynb #bcb9a6d0
 def on_rank0(fn, *args, **kwargs):
     "Run `fn` on rank 0 alone (as a single process) while the other ranks wait; every rank gets its result, or raises its error. One process: just `fn(...)`."
     if not _DIST or _DIST['world_size'] == 1: return fn(*args, **kwargs)
@@ -289,6 +299,7 @@ def on_rank0(fn, *args, **kwargs):
     if box[0][0] == 'error': raise (err if err is not None else box[0][1])
     return box[0][1]
 
+# %% ../nbs/30_protocol.ipynb #ffdc94a9
 _LOCKS = contextvars.ContextVar('diffda_locks', default=None)
 
 def _hold(cm, slot:str=None):
@@ -300,6 +311,7 @@ def _hold(cm, slot:str=None):
     s = contextlib.ExitStack(); res = s.enter_context(cm); st['slots'][slot] = s; st['stack'].callback(s.close)
     return res
 
+# %% ../nbs/30_protocol.ipynb #52b6b647
 def _pipeline(fn):
     "Decorator of the pipeline's entry points (`run_experiment`, `sweep`): they run inside `process_group` and may `_hold` folder locks."
     @functools.wraps(fn)
@@ -322,6 +334,7 @@ def _load_data(cfg:ExperimentConfig):
     if cfg.data.test_limit: test = test.subset(range(min(cfg.data.test_limit, len(test))))
     return train_full, test
 
+# %% ../nbs/30_protocol.ipynb #15f149f7
 def _split(cfg, train_full, seed, folder:Path):
     from diffda_nb.data import make_kshot_split, save_split, load_split
     fp = fingerprint(cfg.data, seed)
@@ -333,6 +346,7 @@ def _split(cfg, train_full, seed, folder:Path):
         save_split(split, path); write_json(fp, fp_path)
     return split, split.apply(train_full)[0]
 
+# %% ../nbs/30_protocol.ipynb #a310e09f
 _CHAIN_PARTS = dict(textual_inversion=('embeddings',), pseudoword_dm=('unet', 'embeddings'), lora=('lora',), esd=('unet',),  # what each step adds
                     ft_conditioning=(), ft_cluster_conditioning=(), imagic=('unet',))  # learned conditionings are read by the sampler, not loaded
 
@@ -347,6 +361,7 @@ def _finetune_step(step:str, pipe, train, settings:dict, out:Path, chain:list):
     if step == 'cond': return finetune.train_conditioning(pipe, train, settings, out_dir=out)
     raise ValueError(f"fine-tuning step {step!r}: unknown")
 
+# %% ../nbs/30_protocol.ipynb #1c74ad74
 def load_chain(pipe, # a fresh pipeline of the base model
                chain:list # step folders in order (`_finetune`'s result)
               ):
@@ -361,6 +376,7 @@ def load_chain(pipe, # a fresh pipeline of the base model
 
 def _gen_size(cfg)->int: return cfg.generator.size or (64 if cfg.generator.model == 'tiny' else None)
 
+# %% ../nbs/30_protocol.ipynb #74aa97cd
 def _finetune(cfg, r, train, seed, folder:Path, force:bool)->tuple:
     "Stage ①: the recipe's fine-tuning steps in order, each cached by its settings and resumable; returns (step folders, seconds)."
     from diffda_nb.models import load_sd
@@ -382,6 +398,7 @@ def _finetune(cfg, r, train, seed, folder:Path, force:bool)->tuple:
         chain.append(out); seconds += time.time() - t0
     return chain, seconds
 
+# %% ../nbs/30_protocol.ipynb #40eeefe8
 def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, progress:bool, tuned=None):
     from diffda_nb.generate import generate
     from diffda_nb.core import Manifest
@@ -406,6 +423,7 @@ def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, pro
     on_rank0(_mark_done, gen, fp, jobs=len(jobs))
     return m, time.time() - t0
 
+# %% ../nbs/30_protocol.ipynb #58b5ee30
 def _filter(cfg, train, manifest, seed, progress:bool)->tuple:
     "Filtering (UniDiffDA §4.4): score every synthetic row once (cached in generated/filter/), keep the ⌈(1−r)·n⌉ best; returns (kept ids, summary)."
     from diffda_nb.filtering import filter_spec, make_scorer, filter_manifest
@@ -414,6 +432,7 @@ def _filter(cfg, train, manifest, seed, progress:bool)->tuple:
     res = filter_manifest(manifest, scorer, spec.drop, cache, spec.batch_size, progress)
     return res.kept, res.summary()
 
+# %% ../nbs/30_protocol.ipynb #52bcbce9
 def _train(cfg, r, train, test, manifest, seed, progress:bool, ids=None, ckpt=None, fp:str='', force:bool=False, train_full=None, split=None)->dict:
     "Train and test this seed's classifier; a checkpoint per epoch in `ckpt` (kept until results.json is written) makes a killed run resume."
     from diffda_nb.classify import make_model, train_classifier, protocol_config, protocol_record
@@ -427,6 +446,7 @@ def _train(cfg, r, train, test, manifest, seed, progress:bool, ids=None, ckpt=No
     out['training_set'] = ts.describe() if hasattr(ts, 'describe') else repr(ts)
     return out
 
+# %% ../nbs/30_protocol.ipynb #90d61fad
 @_pipeline
 def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML)
                    force:bool=False, # redo stages whose settings changed (old output moved aside, never deleted)
@@ -494,6 +514,7 @@ def _load_results(paths)->list:
             except json.JSONDecodeError as e: raise ValueError(f"{f}: not valid JSON ({e})") from None
     return out
 
+# %% ../nbs/30_protocol.ipynb #9484d989
 def results_table(paths, # results.json files or folders holding them
                   metric:str='top1' # 'top1' (what the run reports), 'best_top1', 'final_top1' or 'top5'
                  )->str:
@@ -539,6 +560,7 @@ def _unidiffda_method(method:str, shots:int, task:str)->MethodConfig:
     finetune = dict(ti=dict(total_batch=64, scale_lr=True)) if method == 'da_fusion' else {}  # UniDiffDA's TI: total batch 64, lr scaled
     return MethodConfig(method, multiplier=5 if get_recipe(method).generation != 'none' else None, strength=strength, options=options, finetune=finetune)
 
+# %% ../nbs/30_protocol.ipynb #ec96f3cc
 def _unidiffda_strategy(recipe, fine:bool)->str:
     "UniDiffDA: full concatenation on coarse and medical data; random replacement on few-shot fine-grained data (a method's own RR form if it has one, else global); full replacement for a method that uses it (DiffuseMix), everywhere."
     if recipe.utilization == 'fr': return 'fr'
@@ -550,6 +572,7 @@ def _unidiffda_generator(method:str)->dict:
     if method == 'diffusemix': return dict(model='ip2p', scheduler='euler-a', size=256)
     return dict(model='sd1.5', scheduler='dpm++', size=512)
 
+# %% ../nbs/30_protocol.ipynb #4f6e6908
 def unidiffda_configs(method:str='real_guidance', # the method of every config
                       data_root:str='data' # where the image folders live (data/<name>/train, data/<name>/test)
                      )->list:
@@ -572,6 +595,7 @@ def unidiffda_configs(method:str='real_guidance', # the method of every config
         out.append(cfg)
     return out
 
+# %% ../nbs/30_protocol.ipynb #9e062f3e
 EXAMPLE_METHODS = ('real_guidance', 'da_fusion', 'gif', 'diff_ii', 'distdiff', 'diff_aug', 'diff_mix', 'diffusemix')
 
 def write_example_configs(folder='configs/unidiffda', methods=EXAMPLE_METHODS)->list:

@@ -43,6 +43,7 @@ def _deep_update(base:dict, new:dict)->dict:
         else: base[k] = v
     return base
 
+# %% ../nbs/10_recipes.ipynb #99b01af5
 _COMMON = ('multiplier', 'strength', 'prompt', 'steps', 'guidance', 'finetune')
 
 FINETUNE_STAGES = dict(ti='TIConfig', lora='LoRAConfig', esd='ESDConfig', cond='CondConfig')  # a fine-tuning step → its settings class in `finetune`
@@ -68,6 +69,7 @@ def stage_settings(stages:list, # fine-tuning steps in order, e.g. ['ti', 'lora'
         out[s] = {**shared, **sec}
     return out
 
+# %% ../nbs/10_recipes.ipynb #52b13012
 class PerTask(dict):
     "An option default that depends on the task type, e.g. `PerTask(coarse=0.8, fine=0.8, medical=0.1)`."
     def __init__(self, **by_task):
@@ -80,6 +82,7 @@ def _for_task(d:dict, task:str)->dict:
     return {k: _for_task(v, task) if isinstance(v, dict) and not isinstance(v, PerTask) else v.for_task(task) if isinstance(v, PerTask) else v
             for k, v in d.items()}
 
+# %% ../nbs/10_recipes.ipynb #182f5da1
 @dataclass
 class Recipe:
     "A DiffDA method: one choice per stage, its defaults, and the hook that makes its generation jobs."
@@ -175,6 +178,7 @@ def get_recipe(name:str)->Recipe:
     if key not in METHODS: raise ValueError(f"unknown method {name!r}; known methods: {sorted(METHODS)}")
     return METHODS[key]
 
+# %% ../nbs/10_recipes.ipynb #08007b06
 def import_methods():
     "Import every `diffda_nb.methods.*` module so that their recipes register."
     import importlib, pkgutil
@@ -191,6 +195,7 @@ def format_prompt(template:str, train_set, label:int)->str:
     try: return ' '.join(template.format(name=names[label], metaclass=meta).split())
     except (KeyError, IndexError) as e: raise ValueError(f"prompt template {template!r}: unknown field {e} (use {{name}} and {{metaclass}})") from None
 
+# %% ../nbs/10_recipes.ipynb #7b104680
 def strength_rule(params:dict, # `Recipe.params`: `strength`, the option `strengths` and `given`
                   method:str # named in errors
                  ):
@@ -203,6 +208,7 @@ def strength_rule(params:dict, # `Recipe.params`: `strength`, the option `streng
         raise ValueError(f"{method}: option strengths must be a non-empty list of numbers in (0, 1], got {sset!r}")
     return lambda rng: sset[rng.integers(len(sset))]
 
+# %% ../nbs/10_recipes.ipynb #110d85ce
 def sdedit_jobs(train_set, # the real training images (`data.ImageDataset`)
                 params:dict, # the method's parameters (`Recipe.params`): multiplier, strength, prompt, steps, guidance
                 seed:int, # the experiment seed

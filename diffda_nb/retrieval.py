@@ -55,6 +55,7 @@ class ClipEncoder:
         x = torch.stack([self.preprocess(to_rgb(im)) for im in images]).to(self.device)
         return F.normalize(self.model.encode_image(x).float().cpu(), dim=-1)
 
+# %% ../nbs/24_retrieval.ipynb #02a80ddf
 def load_clip_encoder(name='mini', # 'mini' (chapter 32's Mini CLIP) or an open_clip model folder ('local-dir:' format)
                       device='cpu')->ClipEncoder:
     "A `ClipEncoder` for retrieval."
@@ -102,6 +103,7 @@ class Pool:
 
     def __repr__(self): return f"Pool({self.name!r}, {self.n} images{', labelled' if self.labels else ''}{', with embeddings' if self.embeddings is not None else ''})"
 
+# %% ../nbs/24_retrieval.ipynb #d52dc4c0
 def pool_from_folder(root, name:str=None)->Pool:
     "A pool of every image under `root` (class sub-folders give labels; a flat folder gives none)."
     from diffda_nb.data import IMAGE_EXTENSIONS, from_image_folder
@@ -124,6 +126,7 @@ def _check_dim(pool:Pool, emb:torch.Tensor, encoder:ClipEncoder):
         raise ValueError(f"pool {pool.name!r}: its embeddings have dimension {emb.shape[1]}, the CLIP model {encoder.name!r} embeds into {encoder.dim}; "
                          "they come from another model: embed the pool with this one")
 
+# %% ../nbs/24_retrieval.ipynb #0e62af71
 def embed_pool(pool:Pool, encoder:ClipEncoder,
                cache_dir=None, # cache folder (None: compute in memory, nothing saved)
                batch_size:int=256, chunk:int=4096, progress:bool=False)->torch.Tensor:
@@ -165,12 +168,14 @@ class ExactIndex:
             best_s, pos = sc.topk(min(k, sc.shape[1]), dim=1); best_i = ix.gather(1, pos)
         return best_s, best_i
 
+# %% ../nbs/24_retrieval.ipynb #baf8ba54
 def _faiss():
     try: import faiss
     except ImportError: raise ImportError("faiss is not installed: approximate search needs it (pip install 'diffda_nb[retrieval]' or pip install faiss-cpu); "
                                           "use method='exact' for pools that fit in memory") from None
     return faiss
 
+# %% ../nbs/24_retrieval.ipynb #126785e4
 class FaissIndex:
     "Approximate cosine top-k with faiss's IVF index (inner product on unit vectors)."
     def __init__(self, emb:torch.Tensor, nlist:int=None, # k-means cells (default 4·√N)
@@ -191,6 +196,7 @@ class FaissIndex:
         s, i = self.index.search(q, min(int(k), self.n))
         return torch.from_numpy(s), torch.from_numpy(i)
 
+# %% ../nbs/24_retrieval.ipynb #f1a11314
 def make_index(emb:torch.Tensor, method:str='auto', # 'exact', 'faiss' or 'auto' (exact below 200,000 vectors)
                **kw):
     "An index over pool embeddings with `.search(queries, k) -> (scores, indices)`."
@@ -212,6 +218,7 @@ def thumb_descriptor(images:list, size:int=28)->torch.Tensor:
 def _unit(x:torch.Tensor)->torch.Tensor:
     x = x.flatten(1); return F.normalize(x - x.mean(1, keepdim=True), dim=-1)
 
+# %% ../nbs/24_retrieval.ipynb #5abc84aa
 def near_similarity(a:torch.Tensor, # N×s×s thumbnails
                     b:torch.Tensor, # M×s×s thumbnails
                     shift:int=1 # largest shift (pixels) tried
@@ -224,6 +231,7 @@ def near_similarity(a:torch.Tensor, # N×s×s thumbnails
             best = c if best is None else torch.maximum(best, c)
     return best
 
+# %% ../nbs/24_retrieval.ipynb #f353b1b1
 def dedup(images:list, # candidates, best first
           against:list=None, # images the kept ones must not copy (the training set)
           near:float=0.99 # correlation (`near_similarity`) at or above which two images are near copies (None: exact copies only)
@@ -290,6 +298,7 @@ class PoolSampler(Sampler):
         imgs = [prepare_source(self.pool.image(j.params['pool_index']), b.size, b.state.get('content')) for j in b.jobs]
         return (_to_model_input(imgs) * 0.5 + 0.5).to(next(b.pipe.unet.parameters()).device)
 
+# %% ../nbs/24_retrieval.ipynb #3b26fba7
 register_sampler('pool', PoolSampler);
 
 def pool_jobs(rows:list, # `retrieve`'s rows (or any {label, pool_index} dicts)

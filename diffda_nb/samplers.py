@@ -75,6 +75,7 @@ def _pixels(folder:Path)->dict:
     m = Manifest(Path(folder) / 'manifest.jsonl')
     return {r['id']: np.asarray(Image.open(m.image_path(r))) for r in m}
 
+# %% ../nbs/06_samplers.ipynb #871efd41
 def _spawn(spec:dict, folder:Path, name:str):
     path = folder / f'{name}.json'; path.write_text(json.dumps(spec))
     env = dict(os.environ, OMP_NUM_THREADS='1', TQDM_DISABLE='1', HF_HUB_OFFLINE='1')

@@ -52,6 +52,7 @@ def _set(d:dict, path:str, value, sections:dict):
         node = node[p]
     node[parts[-1]] = value
 
+# %% ../nbs/31_sweeps.ipynb #b39b37b1
 def cell_config(base:ExperimentConfig, # the config every cell starts from
                 cell:dict # {dotted field: value}
                )->ExperimentConfig:
@@ -83,6 +84,7 @@ def generation_key(cfg:ExperimentConfig, seed:int)->str:
     "The key of a seed's shared fine-tuning and generation: a hash of every config field except `_NOT_GENERATION`."
     return fingerprint({k: v for k, v in asdict(cfg).items() if k not in _NOT_GENERATION}, seed)
 
+# %% ../nbs/31_sweeps.ipynb #18eda6fb
 def _link_shared(cfg:ExperimentConfig, cell_dir:Path, shared:Path):
     "Point each seed's generated/ folder of a cell at the shared one (fine-tuning is shared already: the protocol caches each step by its settings under `out_dir/finetuned`)."
     r = resolve(cfg)
@@ -118,6 +120,7 @@ def _write_csv(rows:list, path:Path):
     buf = io.StringIO(); w = csv.DictWriter(buf, cols, lineterminator='\n'); w.writeheader(); w.writerows(rows)
     with atomic_write(path) as f: f.write(buf.getvalue())
 
+# %% ../nbs/31_sweeps.ipynb #84f0ae08
 def sweep_table(rows:list, # what `_rows` gives: one per (cell, seed)
                 fields_:list, # the swept fields, in order
                 metric:str='top1')->tuple:

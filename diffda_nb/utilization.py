@@ -138,6 +138,7 @@ def set_epoch(self:TrainingSet, epoch:int # the epoch about to start (0, 1, 2, .
     "Switch the replacement draws to `epoch`; call it at the start of every epoch, like `DistributedSampler.set_epoch`."
     self.epoch = _check_int(epoch, 'epoch')
 
+# %% ../nbs/20_utilization.ipynb #868f5df6
 @patch
 def pick(self:TrainingSet, i:int, # item index, 0 <= i < len(self)
          epoch:int=None # the epoch (default: the current one, see `set_epoch`)
@@ -173,6 +174,7 @@ def target(self:TrainingSet, kind:str, # 'real' or 'synthetic', as returned by `
     y = _row_class(row) if self.label_source == 'target' else self.real_labels[int(row['source_index'])]
     return F.one_hot(torch.tensor(y), C).float()
 
+# %% ../nbs/20_utilization.ipynb #858709f7
 @patch
 def __getitem__(self:TrainingSet, i:int):
     kind, ref = self.pick(i)
@@ -199,6 +201,7 @@ def stats(self:TrainingSet)->dict:
     return dict(strategy=self.strategy, p=self.p, real=N, synthetic=R, length=len(self),
                 never_replaced=fixed, unused_synthetic=unused, expected_synthetic_fraction=expected)
 
+# %% ../nbs/20_utilization.ipynb #280d4adc
 @patch
 def describe(self:TrainingSet)->str:
     "A few lines saying what this training set holds and what an epoch draws."
@@ -211,6 +214,7 @@ def describe(self:TrainingSet)->str:
     lines.append(f"  expected synthetic share of an epoch: {s['expected_synthetic_fraction']:.3f}")
     return '\n'.join(lines)
 
+# %% ../nbs/20_utilization.ipynb #a7fe7526
 @patch
 def __repr__(self:TrainingSet):
     s = self.stats

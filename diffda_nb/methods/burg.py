@@ -37,6 +37,7 @@ def _s_multi_diff(name, rng, info): return f"multiple different {name}, {info['h
 def _s_def(name, rng, info): return f"{name}, {info['definition']}"
 def _s_bg(name, rng, info): return f"{name}, {info['hypernym']} inside {info.get('places', PLACES)[rng.integers(len(info.get('places', PLACES)))]}"
 
+# %% ../../nbs/18_burg.ipynb #09140003
 SARIYILDIZ = ('sariyildiz_name', 'sariyildiz_hypernym', 'sariyildiz_multiple', 'sariyildiz_multiple_different', 'sariyildiz_definition', 'sariyildiz_background')
 PROMPT_STRATEGIES = dict(simple=_simple, simple_nows=_simple_nows, clip=_clip, **dict(zip(SARIYILDIZ, (_s_name, _s_hyper, _s_multi, _s_multi_diff, _s_def, _s_bg))))
 _NEEDS = dict(sariyildiz_hypernym=('hypernym',), sariyildiz_multiple=('hypernym',), sariyildiz_multiple_different=('hypernym',),
@@ -63,6 +64,7 @@ def _wn_synset(folder:Path, offset:int)->tuple:
     hyper = [int(t[p + 1 + 4 * k + 1]) for k in range(n_ptr) if t[p + 1 + 4 * k] in ('@', '@i')]
     return lemmas, hyper, gloss.strip()
 
+# %% ../../nbs/18_burg.ipynb #cc24cf42
 def wordnet_info(name:str, # a class name, e.g. 'ankle boot'
                  folder=None # a WordNet dict folder (default: $WORDNET_DIR or /usr/share/wordnet)
                 )->dict:
@@ -78,6 +80,7 @@ def wordnet_info(name:str, # a class name, e.g. 'ankle boot'
     hyp = _wn_synset(folder, hyper[0])[0][0] if hyper else None
     return dict(hypernym=hyp, definition=gloss.split(';')[0].strip(), lemmas=lemmas)
 
+# %% ../../nbs/18_burg.ipynb #9e059753
 def class_info(names:list, # class names
                table:dict=None, # user-given {name: {'hypernym', 'definition'}} (first)
                need=(), # fields the strategy needs
@@ -134,6 +137,7 @@ class CondText2ImageSampler(Text2ImageSampler):
         super().setup(b)
         b.cond = torch.stack([torch.as_tensor(self.embeds[j.params['cond']]).reshape(b.cond.shape[1:]) for j in b.jobs]).to(b.cond.device, b.cond.dtype)
 
+# %% ../../nbs/18_burg.ipynb #cdb8eb63
 register_sampler('cond_txt2img', CondText2ImageSampler);
 
 def cond_jobs(train_set, params:dict, seed:int, method:str)->list:
@@ -164,6 +168,7 @@ def _strategy_recipe(name, title, strategy, extra_opts=None, notes=''):
     return register(Recipe(name, title, paper=_PROMPT_PAPER, generation='txt2img', utilization='fc', multiplier=1, prompt='', options=opts,
                            make_jobs=lambda ts, p, s: prompt_jobs(ts, p, s, name), unused=('strength', 'prompt'), notes=notes))
 
+# %% ../../nbs/18_burg.ipynb #5543e4e4
 BURG_SIMPLE = _strategy_recipe('burg_simple', 'Simple prompt', 'simple', notes='Text-to-image with "A photo of {name}."')
 BURG_SIMPLE_NOWS = _strategy_recipe('burg_simple_nows', 'Simple prompt (no ws)', 'simple_nows', notes='Text-to-image with "A photo of {name without spaces}."')
 BURG_CLIP = _strategy_recipe('burg_clip', 'CLIP prompts', 'clip', notes="Text-to-image with one of CLIP's 80 ImageNet templates per image.")
@@ -182,6 +187,7 @@ def _cond_recipe(name, title, **cond):
                            make_sampler=_cond_sampler, unused=('strength', 'prompt'),
                            notes='Text-to-image from a learned 77×D conditioning per class' + (' and k-means cluster' if cond.get('clusters') else '') + (', UNet tuned too' if cond.get('unet_lr') else '') + '.'))
 
+# %% ../../nbs/18_burg.ipynb #462f77a3
 FT_CONDITIONING = _cond_recipe('ft_conditioning', 'FT conditioning')
 FT_CLUSTER_CONDITIONING = _cond_recipe('ft_cluster_conditioning', 'FT cluster conditioning', clusters=5)
 IMAGIC = _cond_recipe('imagic', 'Imagic (conditioning & DM)', unet_lr=2e-6)
@@ -195,6 +201,7 @@ def ti_jobs(train_set, params:dict, seed:int, method:str)->list:
     return sdedit_jobs(train_set, {**params, 'strength': 1.0}, seed, method=method,
                        prompt_fn=lambda label, rng: class_prompt(card, label, temps[rng.integers(len(temps))].replace('{}', '{token}')))
 
+# %% ../../nbs/18_burg.ipynb #61937d12
 def _ti_recipe(name, title, **ti):
     return register(Recipe(name, title, paper=_PROMPT_PAPER, finetune='ti', generation='txt2img', utilization='fc', multiplier=1, prompt='',
                            finetune_defaults=dict(ti=dict(templates='ti', num_vectors=1, init='class_last', **ti)), options=dict(templates='ti'),
@@ -222,6 +229,7 @@ def _cache(params):
 
 def _train_images(train_set)->list: return [train_set.image(i) for i in range(len(train_set))]
 
+# %% ../../nbs/18_burg.ipynb #b2c207f8
 def retrieval_jobs(train_set, params:dict, seed:int)->list:
     "Retrieval's jobs: per class, M × (its real images) nearest pool images to 'A photo of {name without spaces}.', de-duplicated."
     from diffda_nb import retrieval as R
@@ -237,6 +245,7 @@ def retrieval_jobs(train_set, params:dict, seed:int)->list:
                            train_images=_train_images(train_set) + [pool.image(r['pool_index']) for r in rows])
     return R.pool_jobs(rows, train_set.labels, method='retrieval')
 
+# %% ../../nbs/18_burg.ipynb #495a1e31
 def upper_bound_jobs(train_set, params:dict, seed:int)->list:
     "The real-image upper bound: per class, M × (its real images) more real images of that class, drawn at random from the pool and de-duplicated."
     from diffda_nb import retrieval as R
@@ -252,6 +261,7 @@ def upper_bound_jobs(train_set, params:dict, seed:int)->list:
         rows += [dict(label=int(c), pool_index=int(cand[k]), query='') for k in keep]
     return R.pool_jobs(rows, train_set.labels, method='real_upper_bound')
 
+# %% ../../nbs/18_burg.ipynb #b531e516
 def _pool_sampler(params:dict):
     from diffda_nb.retrieval import PoolSampler
     return PoolSampler(_pool(params['pool']))

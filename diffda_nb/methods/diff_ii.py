@@ -135,6 +135,7 @@ def setup(self:DiffIISampler, b:SamplerBatch):
     b.suffix_cond = torch.cat([b.prompts.cache[with_suffix(j.prompt, j.params['suffix'])] for j in b.jobs])
     b.suffix_on = suffix_steps(b.timesteps, self.s, b.scheduler.config.num_train_timesteps)
 
+# %% ../../nbs/14_diff_ii.ipynb #a6eac25f
 @patch
 def start(self:DiffIISampler, b:SamplerBatch):
     "Start at the first timestep of the full schedule from the interpolated latents."

@@ -66,6 +66,7 @@ def start(self:IP2PSampler, b:SamplerBatch):
     shape = (len(b.jobs), b.pipe.vae.config.latent_channels, *b.image_latents.shape[-2:])
     b.latents = randn_tensor(shape, generator=b.generators, device=b.device, dtype=b.cond.dtype) * b.scheduler.init_noise_sigma
 
+# %% ../../nbs/16_diffusemix.ipynb #3f79b08f
 @patch
 def predict(self:IP2PSampler, b:SamplerBatch, latents:torch.Tensor, i:int, t, emb:torch.Tensor=None)->torch.Tensor:
     "ε̂ = ε(∅,∅) + s_I·(ε(c_I,∅) − ε(∅,∅)) + s_T·(ε(c_I,c_T) − ε(c_I,∅)): one UNet call on 3B samples (B without guidance)."
@@ -92,6 +93,7 @@ def seam_mask(n:int, # pixels along the split axis
     zeros = n // 2 - ramp // 2
     return torch.cat([torch.zeros(zeros), torch.linspace(0, 1, ramp), torch.ones(n - zeros - ramp)])
 
+# %% ../../nbs/16_diffusemix.ipynb #f30892c1
 def hybrid(original:torch.Tensor, # …×3×H×W in [0, 1]
            edited:torch.Tensor, # the same shape
            direction:str='horizontal', # 'horizontal': left original, right edited; 'vertical': top original, bottom edited
@@ -116,6 +118,7 @@ def _ifs_maps(rng, k:int)->tuple:
     A = np.stack([rot(rng.uniform(0, 2 * np.pi)) @ np.diag(rng.uniform(0.25, 0.8, 2) * rng.choice([-1, 1], 2)) @ rot(rng.uniform(0, 2 * np.pi)) for _ in range(k)])
     return A, rng.uniform(-1, 1, (k, 2)), rng.uniform(0, 1, k)
 
+# %% ../../nbs/16_diffusemix.ipynb #715d767e
 def _chaos_game(rng, A, b, col, points:int, walkers:int=1024, burn:int=20)->tuple:
     "Points of the IFS attractor (maps drawn ∝ |det A|) and their flame-style colour coordinate c ← (c + c_k)/2."
     p = np.abs(np.linalg.det(A)); p = p / p.sum()
@@ -170,6 +173,7 @@ def fractal_set(n:int=100, # how many fractals
         paths.append(p)
     return paths
 
+# %% ../../nbs/16_diffusemix.ipynb #4160a4a8
 def load_fractals(folder # a folder of fractal images (any size; read in name order; sub-folders ignored)
                  )->list:
     "The user's own fractal images as RGB PIL images; unreadable files are skipped, a folder without any readable image is an error."
@@ -273,6 +277,7 @@ def prepare(self:DiffuseMixSampler, ctx)->dict:
     "Load (or render and cache) the fractals once per call."
     return dict(fractals=self.fractal_images(ctx.size))
 
+# %% ../../nbs/16_diffusemix.ipynb #2fecea9c
 @patch
 def compose(self:DiffuseMixSampler, b:SamplerBatch, edited:torch.Tensor # B×3×H×W edits in [0, 1]
            )->torch.Tensor:

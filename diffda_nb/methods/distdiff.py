@@ -90,6 +90,7 @@ class _Method(nn.Module):
     def __init__(self, module:nn.Module, method:str): super().__init__(); self.module, self.method = module, method
     def forward(self, x): return getattr(self.module, self.method)(x)
 
+# %% ../../nbs/15_distdiff.ipynb #06859102
 def _resnet50_weights(net:nn.Module, path)->nn.Module:
     "Load a torchvision ResNet-50 state dict from a local file (any `fc`: it is dropped)."
     path = Path(path).expanduser()
@@ -261,6 +262,7 @@ def resolve(self:DistDiffSampler, pipe)->dict:
 def _json(d): return json.loads(json.dumps(d))
 def _label(job:Job)->int: return int(job.target_class if job.target_class is not None else job.source_class)
 
+# %% ../../nbs/15_distdiff.ipynb #0c116c2e
 @patch
 def check(self:DistDiffSampler, job:Job, where:str):
     "Refuse a job whose run does not contain step k (and its look-ahead), that has no class, or that was made for other settings."
@@ -286,6 +288,7 @@ def get_extractor(self:DistDiffSampler, name:str, device)->FeatureExtractor:
     if self._loaded is None or self._loaded[0] != key: self._loaded = (key, load_extractor(name, self.weights, device))
     return self._loaded[1]
 
+# %% ../../nbs/15_distdiff.ipynb #f43f066e
 @patch
 def fit_check(self:DistDiffSampler, ext:FeatureExtractor, pipe, size:tuple):
     "A clear error when `ext` cannot read the images of this run (a Mini extractor off Mini, wrong size or channels)."
@@ -304,6 +307,7 @@ class _Sources:
     def __len__(self): return self.n
     def __getitem__(self, i:int): return self.ctx.source(i)
 
+# %% ../../nbs/15_distdiff.ipynb #00b6a90e
 @patch
 def prepare(self:DistDiffSampler, ctx)->dict:
     "Load and check the extractor, then the hierarchical prototypes of the real training set (cached on disk)."
@@ -335,6 +339,7 @@ def start(self:DistDiffSampler, b:SamplerBatch):
                       beta0=torch.stack([torch.randn(C, generator=g) for g in b.generators]).view(shape).to(b.device),
                       labels=torch.tensor([_label(j) for j in b.jobs], device=b.device))
 
+# %% ../../nbs/15_distdiff.ipynb #8af00a3d
 @patch
 def lookahead_x0(self:DistDiffSampler, b:SamplerBatch, z:torch.Tensor, i:int)->torch.Tensor:
     "x̂0 scored for latents z at local step i: `lookahead` guided UNet calls with DDIM steps i, i+1, …; the last step's predicted clean latent."
@@ -361,6 +366,7 @@ def _frozen(*modules):
     finally:
         for p, f in zip(ps, flags): p.requires_grad_(f)
 
+# %% ../../nbs/15_distdiff.ipynb #1cafd900
 @patch
 def guide(self:DistDiffSampler, b:SamplerBatch, i:int):
     "One gradient step of ρ on each job's (α, β) against its energy, applied to the latents and projected into the L∞ ball of radius ε around them."
@@ -374,6 +380,7 @@ def guide(self:DistDiffSampler, b:SamplerBatch, i:int):
     b.latents = project_linf(transform_latents(_wide(z), a1, b1), _wide(z), st['epsilon']).to(z.dtype)
     d.update(alpha=a1, beta=b1, energy=e.detach(), grad_alpha=ga, grad_beta=gb, z_before=z)
 
+# %% ../../nbs/15_distdiff.ipynb #167c7475
 @patch
 def denoise(self:DistDiffSampler, b:SamplerBatch):
     "The DDIM loop of SDEdit, with `guide` just before the step at schedule index k."
@@ -395,6 +402,7 @@ def distdiff_sampler(params:dict # `Recipe.params` of DistDiff (its options incl
     "The DistDiff sampler for a method's parameters."
     return DistDiffSampler(**{k: params[k] for k in DISTDIFF_OPTIONS})
 
+# %% ../../nbs/15_distdiff.ipynb #6ba087f1
 def distdiff_jobs(train_set, # the real training images (`data.ImageDataset`)
                   params:dict, # `Recipe.params`: multiplier, strength, prompt, steps, guidance and DistDiff's options
                   seed:int # the experiment seed

@@ -174,6 +174,7 @@ def clip_model(self:GIFSampler, pipe)->str:
     "The CLIP to load: the `clip` option, or for 'auto' the Mini CLIP on DiffDA-Mini and ViT-B-32 elsewhere."
     return self.clip if self.clip != 'auto' else ('mini' if _is_mini(pipe) else 'ViT-B-32')
 
+# %% ../../nbs/13_gif.ipynb #0d2a3e01
 @patch
 def prepare(self:GIFSampler, ctx)->dict:
     "Load CLIP on the pipeline's device and encode the zero-shot prompt of every class."
@@ -212,6 +213,7 @@ def draw(self:GIFSampler, b, z:torch.Tensor)->tuple:
     beta = torch.stack([torch.randn((c, 1, 1), generator=g) for g in b.generators])
     return alpha.to(b.device), beta.to(b.device)
 
+# %% ../../nbs/13_gif.ipynb #088c0918
 @patch
 def ascend(self:GIFSampler, b, z:torch.Tensor, alpha:torch.Tensor, beta:torch.Tensor)->tuple:
     "(α, β) after one signed-gradient ascent step on the sum of the batch's per-unit scores."

@@ -9,14 +9,14 @@ __all__ = ['STRATEGIES', 'run_row', 'read_table', 'load_runs', 'select', 'summar
            'correlation', 'metric_accuracy', 'plot_metric_accuracy', 'generated_set_metrics', 'per_class_gain',
            'plot_class_gain', 'cost_table', 'plot_cost', 'steps_study', 'plot_steps']
 
-# %% ../nbs/34_analysis.ipynb #8037c7f7
+# %% ../nbs/34_analysis.ipynb #83607e52
 import csv, json
 from pathlib import Path
 
 import numpy as np
 import matplotlib.pyplot as plt
 
-# %% ../nbs/34_analysis.ipynb #0a03c931
+# %% ../nbs/34_analysis.ipynb #89a3e15d
 _SECONDS = ('finetune', 'generate', 'filter', 'train')   # the stages the protocol times (results.json → seconds)
 
 def _num(v):
@@ -36,7 +36,7 @@ def _chain_seconds(path:Path, r:dict):
     f = path.parents[2] / chain[-1] / 'finetune.json'   # results.json lives in <out_dir>/<name>/seed<k>/
     return float(json.loads(f.read_text()).get('seconds') or 0.0) if f.exists() else None
 
-# %% ../nbs/34_analysis.ipynb #3101b42c
+# %% ../nbs/34_analysis.ipynb #9c165995
 def run_row(path # a results.json written by `protocol.run_experiment`
            )->dict:
     "One tidy row of a run: its settings under the names `sweep` gives its fields, accuracies, per-class accuracy and seconds per stage."
@@ -55,7 +55,7 @@ def run_row(path # a results.json written by `protocol.run_experiment`
             **{f'seconds.{k}': float(sec.get(k) or 0.0) for k in _SECONDS},
             'seconds.finetune_chain': _chain_seconds(path, r), 'per_class': r.get('per_class'), 'path': str(path)}
 
-# %% ../nbs/34_analysis.ipynb #2880bf1b
+# %% ../nbs/34_analysis.ipynb #55b96c96
 def read_table(path # a CSV written by `sweep` (results_seeds.csv: one row per cell and seed; results.csv: one per cell)
               )->list:
     "The rows of a CSV table, numbers as numbers and empty cells as None."
@@ -87,7 +87,7 @@ def select(rows:list, **where)->list:
     ok = lambda r, k, v: r.get(k) in v if isinstance(v, (list, tuple, set)) else r.get(k) == v
     return [r for r in rows if all(ok(r, k, v) for k, v in where.items())]
 
-# %% ../nbs/34_analysis.ipynb #44926af4
+# %% ../nbs/34_analysis.ipynb #2fd148a5
 def _key(v): return (0, float(v), '') if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
 
 def summarize(rows:list, # tidy rows (one per run and seed), or `sweep`'s results.csv rows (`<metric>_mean`, `<metric>_std`, `n_seeds`)
@@ -130,7 +130,7 @@ def pivot_markdown(pv:dict, digits:int=2, unit:str='%')->str:
     ns = sorted({int(x) for x in pv['n'].ravel() if x})
     return '\n'.join(lines) + f"\n\n{pv['metric']} ({unit}): mean ± sample std over seeds (n = {', '.join(map(str, ns))})."
 
-# %% ../nbs/34_analysis.ipynb #6157a378
+# %% ../nbs/34_analysis.ipynb #a66ec9a6
 def _ax(ax, size=(5, 3.2)): return (plt.subplots(figsize=size)[1] if ax is None else ax)
 
 def plot_bars(pv:dict, ax=None, baseline:float=None, title:str=None):
@@ -165,7 +165,7 @@ def plot_heatmap(pv:dict, ax=None, title:str=None, cmap='viridis'):
     if title: ax.set_title(title, fontsize=9)
     return ax
 
-# %% ../nbs/34_analysis.ipynb #01ead8a6
+# %% ../nbs/34_analysis.ipynb #400d4347
 STRATEGIES = ('fc', 'fr', 'lrr', 'grr')   # UniDiffDA's four utilization strategies, in its order
 
 def baseline_accuracy(runs:list, metric:str='top1', **where)->tuple:
@@ -184,7 +184,7 @@ def plot_utilization(study:dict, ax=None):
     b = study['baseline']
     return plot_bars(study['pivot'], ax, baseline=b[0] if b else None, title='utilization strategy')
 
-# %% ../nbs/34_analysis.ipynb #8eae7bc1
+# %% ../nbs/34_analysis.ipynb #bc67774f
 def strength_study(runs:list, by:str='method', metric:str='top1')->dict:
     "Accuracy against the SDEdit strength, one line per value of `by` (UniDiffDA Fig. 10 / Table 9)."
     rs = [r for r in runs if r.get('method.strength') is not None]
@@ -204,7 +204,7 @@ def plot_strength_p(grid:dict, ax=None):
     "The strength × p heat map."
     return plot_heatmap(grid['pivot'], ax, title='strength × p')
 
-# %% ../nbs/34_analysis.ipynb #15920271
+# %% ../nbs/34_analysis.ipynb #b16a7774
 def size_expansion(runs:list, real:str='data.shots', expansion:str='method.multiplier', metric:str='top1')->dict:
     "Accuracy over real-data size (rows) × expansion ratio M (columns; the baseline is M = 0) — UniDiffDA Table 10."
     rs = [{**r, expansion: 0 if r.get('method') == 'baseline' else r.get(expansion)} for r in runs]
@@ -219,7 +219,7 @@ def plot_size_expansion(study:dict, axs=None):
     plot_lines(study['pivot'], axs[1], title='accuracy vs expansion ratio')
     return axs
 
-# %% ../nbs/34_analysis.ipynb #010fe07a
+# %% ../nbs/34_analysis.ipynb #c529dde0
 def arch_study(runs:list, metric:str='top1', arch:str='classifier.arch')->dict:
     "Accuracy by method × classifier architecture and each method's gain over the baseline of the same architecture (absolute and relative, %) — UniDiffDA Table 16."
     pv = pivot(runs, 'method', arch, metric)
@@ -234,7 +234,7 @@ def plot_arch(study:dict, ax=None):
     ax = plot_bars(g, ax, title='gain over the baseline, by classifier'); ax.axhline(0, c='k', lw=0.8); ax.set_ylabel(f"Δ {pv['metric']} (points)")
     return ax
 
-# %% ../nbs/34_analysis.ipynb #5e1bfcc3
+# %% ../nbs/34_analysis.ipynb #9caf91ce
 def _rank(x:np.ndarray)->np.ndarray:
     "Ranks with ties averaged (for Spearman's ρ)."
     o = np.argsort(x, kind='stable'); r = np.empty(len(x)); r[o] = np.arange(len(x), dtype=float)
@@ -264,7 +264,7 @@ def plot_metric_accuracy(points:list, metrics=('fid', 'precision', 'recall'), ta
     np.atleast_1d(axs)[0].set_ylabel(f'{target} (%)'); np.atleast_1d(axs)[-1].legend(fontsize=6)
     return axs
 
-# %% ../nbs/34_analysis.ipynb #8b92ec42
+# %% ../nbs/34_analysis.ipynb #301cb15b
 def generated_set_metrics(runs:list, # tidy rows of runs (with 'path'): each run's generated/manifest.jsonl is measured
                           real, # the real reference images (a dataset with labels)
                           extractor='mini', # feature space: see `metrics.feature_extractor`
@@ -282,7 +282,7 @@ def generated_set_metrics(runs:list, # tidy rows of runs (with 'path'): each run
         out.append({**r, **done[man], 'manifest': str(man)})
     return out
 
-# %% ../nbs/34_analysis.ipynb #f4a3b495
+# %% ../nbs/34_analysis.ipynb #8b0ddfbc
 def _class_means(rows:list)->dict:
     if not rows or any(not r.get('per_class') for r in rows): raise ValueError("per_class_gain: every run needs 'per_class' accuracies (load results.json, not a CSV)")
     cls = list(rows[0]['per_class'])
@@ -302,7 +302,7 @@ def plot_class_gain(gains:list, ax=None, title:str=None):
     if title: ax.set_title(title, fontsize=9)
     return ax
 
-# %% ../nbs/34_analysis.ipynb #456f7401
+# %% ../nbs/34_analysis.ipynb #7c87b1c4
 def cost_table(runs:list, by:str='method', chain:bool=True, unit:str='s')->dict:
     "Mean seconds per stage over the runs of each group (UniDiffDA Table 17). `chain`: charge the fine-tuning a run found cached at what it cost when trained."
     scale = dict(s=1, min=60, h=3600)[unit]
@@ -326,7 +326,7 @@ def plot_cost(cost:dict, ax=None):
     ax.set_xlabel(f"{cost['unit']} per run"); ax.legend(fontsize=7); ax.invert_yaxis()
     return ax
 
-# %% ../nbs/34_analysis.ipynb #df4cf419
+# %% ../nbs/34_analysis.ipynb #ac0c54f3
 def steps_study(runs:list, by:str='method', steps:str='method.steps', metric:str='top1')->dict:
     "Accuracy and generation seconds against the number of sampling steps T, with the speed-up over the largest T (UniDiffDA Table 19)."
     rs = [r for r in runs if r.get(steps) is not None and r.get('method') != 'baseline']

@@ -174,6 +174,8 @@ def check_config(cfg:ExperimentConfig)->dict:
     r = resolve(cfg); notes = []
     if r['strategy'] not in UTILIZATIONS: raise ValueError(f"utilization.strategy: expected one of {list(UTILIZATIONS)}, got {r['strategy']!r}")
     if not 0 <= r['p'] <= 1: raise ValueError(f"utilization.p must be in [0, 1], got {r['p']}")
+    if r['recipe'].generation == 'none' and r['strategy'] != 'none':
+        raise ValueError(f"utilization.strategy: method {r['recipe'].name!r} makes no synthetic images, so strategy {r['strategy']!r} would have nothing to use; remove it")
     if cfg.utilization.p is not None and r['strategy'] not in _RANDOM:
         raise ValueError(f"utilization.p: strategy {r['strategy']!r} replaces nothing at random, so p={cfg.utilization.p} would be recorded but unused; remove it")
     if cfg.data.metaclass is not None and (not isinstance(cfg.data.metaclass, str) or not cfg.data.metaclass.strip()):

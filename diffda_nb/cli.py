@@ -237,3 +237,7 @@ def _cmd_repair(a):
     from diffda_nb.generate import repair_folder, repair_summary
     for folder in a.folders: print(repair_summary(repair_folder(folder, dry_run=a.dry_run)))
     return 0
+
+# %% ../nbs/40_cli.ipynb #cbbd53f2
+#| eval: false
+if __name__ == '__main__': sys.exit(main())

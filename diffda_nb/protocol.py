@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['EXAMPLE_METHODS', 'DataConfig', 'MethodConfig', 'GeneratorConfig', 'ClassifierConfig', 'UtilizationConfig',
-           'ExperimentConfig', 'config_from_dict', 'load_config', 'save_config', 'resolve', 'check_config',
-           'fingerprint', 'dist_rank', 'process_group', 'on_rank0', 'load_chain', 'run_experiment', 'results_table',
-           'unidiffda_configs', 'write_example_configs']
+           'ExperimentConfig', 'config_from_dict', 'load_config', 'save_config', 'resolve', 'check_fields',
+           'check_config', 'fingerprint', 'dist_rank', 'process_group', 'on_rank0', 'load_chain', 'run_experiment',
+           'results_table', 'unidiffda_configs', 'write_example_configs']
 
 # %% ../nbs/30_protocol.ipynb #d1b4474e
-import hashlib, json, shutil, time
+import hashlib, json, math, re, shutil, time
 from dataclasses import dataclass, field, asdict, fields, is_dataclass, replace
 from pathlib import Path
 
@@ -165,13 +165,45 @@ def resolve(cfg:ExperimentConfig)->dict:
     p = cfg.utilization.p if cfg.utilization.p is not None else params['p']
     return dict(recipe=recipe, params=params, strategy=strategy, p=p)
 
+# %% ../nbs/30_protocol.ipynb #9b024ffe
+_NAME_OK = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._,+=-]*$')   # what a sweep's cell names use (`sweep.cell_name`)
+
+def _whole(v, field:str, low:int=1, none_ok:bool=True):
+    "An int ≥ `low` (bools and floats such as 1.5 refused), or None where allowed."
+    if v is None and none_ok: return
+    if isinstance(v, bool) or not isinstance(v, int) or v < low: raise ValueError(f"{field}: expected a whole number ≥ {low}{' or null' if none_ok else ''}, got {v!r}")
+
+def _number(v, field:str, low:float, high:float=None, low_open:bool=False):
+    "A number in [low, high] (or (low, high] when `low_open`), or None."
+    if v is None: return
+    if isinstance(v, bool) or not isinstance(v, (int, float)): raise ValueError(f"{field}: expected a number, got {v!r} ({type(v).__name__})")
+    if (v <= low if low_open else v < low) or (high is not None and v > high):
+        raise ValueError(f"{field} must be in {'(' if low_open else '['}{low}, {high if high is not None else '∞'}], got {v}")
+
+def check_fields(cfg:ExperimentConfig):
+    "Type and range of every plain field of a config (before any defaults are resolved); raises ValueError naming the field."
+    if not isinstance(cfg.name, str) or not _NAME_OK.match(cfg.name) or cfg.name in ('.', '..'):
+        raise ValueError(f"name: expected a plain folder name (letters, digits and . _ , + = -; no '/'), got {cfg.name!r}")
+    if not isinstance(cfg.seeds, list) or not cfg.seeds: raise ValueError(f"seeds: expected a non-empty list of whole numbers, got {cfg.seeds!r}")
+    for s in cfg.seeds: _whole(s, 'seeds', 0, none_ok=False)
+    if len(set(cfg.seeds)) != len(cfg.seeds): raise ValueError(f"seeds: {cfg.seeds} repeats a seed (a repeated seed is the same run, counted twice in the table)")
+    m, g, d = cfg.method, cfg.generator, cfg.data
+    _whole(m.multiplier, 'method.multiplier'); _whole(m.steps, 'method.steps'); _number(m.strength, 'method.strength', 0, 1, low_open=True)
+    _number(m.guidance, 'method.guidance', 0)
+    if m.steps is not None and m.strength is not None and int(m.steps * m.strength) < 1:
+        raise ValueError(f"method.steps × method.strength = {m.steps} × {m.strength} gives no denoising step; raise steps to at least {math.ceil(1 / m.strength)}")
+    _whole(d.shots, 'data.shots'); _whole(d.test_limit, 'data.test_limit')
+    _whole(g.size, 'generator.size', 8)
+    if g.size is not None and g.size % 8: raise ValueError(f"generator.size must be a multiple of 8 (the VAE works on 8×8 blocks), got {g.size}")
+    if g.batch_size != 'auto': _whole(g.batch_size, "generator.batch_size ('auto' or)", none_ok=False)
+
 # %% ../nbs/30_protocol.ipynb #cc80fae1
 def check_config(cfg:ExperimentConfig)->dict:
     "Validate a config offline; returns the resolved settings and notes on what a real run needs."
     from diffda_nb.classify import ARCHS, TrainConfig
     from diffda_nb.models import make_scheduler, MODEL_ALIASES
     from diffda_nb.data import BUILTIN_DATASETS
-    r = resolve(cfg); notes = []
+    check_fields(cfg); r = resolve(cfg); notes = []
     if r['strategy'] not in UTILIZATIONS: raise ValueError(f"utilization.strategy: expected one of {list(UTILIZATIONS)}, got {r['strategy']!r}")
     if not 0 <= r['p'] <= 1: raise ValueError(f"utilization.p must be in [0, 1], got {r['p']}")
     if r['recipe'].generation == 'none' and r['strategy'] != 'none':

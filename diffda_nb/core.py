@@ -9,7 +9,7 @@ __all__ = ['MANIFEST_FIELDS', 'seed_everything', 'make_generator', 'pick_device'
 
 # %% ../nbs/00_core.ipynb #4cc07af1
 import contextlib, json, os, random, shutil, tempfile, math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -360,7 +360,10 @@ class Manifest:
     def image_path(self, row_or_id)->Path:
         "Absolute path of a row's image."
         row = self[row_or_id] if not isinstance(row_or_id, dict) else row_or_id
-        return self.root / row['path']
+        rel = PurePosixPath(str(row['path']).replace('\\', '/'))
+        if rel.is_absolute() or '..' in rel.parts or not rel.parts:   # a hand-edited row must not read (or later overwrite) files elsewhere
+            raise ValueError(f"{self.path}: row {row.get('id')!r} has path {row['path']!r}; a manifest row's path must lie inside the manifest's folder")
+        return self.root / rel
 
     def filter(self, **conditions)->list:
         "Rows whose fields equal all `conditions`, e.g. `m.filter(source_index=3)`."

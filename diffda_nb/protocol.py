@@ -9,7 +9,7 @@ __all__ = ['EXAMPLE_METHODS', 'DataConfig', 'MethodConfig', 'GeneratorConfig', '
            'results_table', 'unidiffda_configs', 'write_example_configs']
 
 # %% ../nbs/30_protocol.ipynb #d1b4474e
-import hashlib, json, math, re, shutil, time
+import hashlib, json, math, re, shutil, time, warnings
 from dataclasses import dataclass, field, asdict, fields, is_dataclass, replace
 from pathlib import Path
 
@@ -253,10 +253,19 @@ def _still_valid(path:Path, old:str, fp:str, force:bool, what:str, where:Path)->
     return False
 
 # %% ../nbs/30_protocol.ipynb #725013d3
+def _read_marker(path:Path):
+    "A stage's JSON marker (stage.json, results.json, split.fingerprint.json), or None when it is missing or damaged (then the stage runs again: its own files resume it)."
+    if not path.exists(): return None
+    try: return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        warnings.warn(f"{path} is damaged ({type(e).__name__}: {e}); that stage is computed again")
+        return None
+
 def _stage_done(folder:Path, fp:str, force:bool, what:str)->bool:
     "True if `folder` holds a finished stage with fingerprint `fp`; moves a stale one aside when forced."
     marker = folder/'stage.json'
-    return marker.exists() and _still_valid(folder, json.loads(marker.read_text()).get('fingerprint'), fp, force, what, folder)
+    m = _read_marker(marker)
+    return m is not None and _still_valid(folder, m.get('fingerprint'), fp, force, what, folder)
 
 def _mark_done(folder:Path, fp:str, **info):
     write_json(dict(fingerprint=fp, finished=time.strftime('%Y-%m-%d %H:%M:%S'), **info), folder/'stage.json')
@@ -373,7 +382,7 @@ def _split(cfg, train_full, seed, folder:Path):
     from diffda_nb.data import make_kshot_split, save_split, load_split
     fp = fingerprint(cfg.data, seed)
     path, fp_path = folder/'split.json', folder/'split.fingerprint.json'
-    if path.exists() and fp_path.exists() and json.loads(fp_path.read_text()) == fp: split = load_split(path)
+    if path.exists() and _read_marker(fp_path) == fp: split = load_split(path)
     else:
         shots = cfg.data.shots or max(train_full.class_counts())
         split = make_kshot_split(train_full, shots, seed=seed, allow_fewer=cfg.data.shots is None)
@@ -503,7 +512,7 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
         res_path = folder/'results.json'
         util = {k: v for k, v in asdict(cfg.utilization).items() if k != 'filter' or v is not None}   # runs without a filter keep their fingerprints
         fp = fingerprint(cfg.data, cfg.method, cfg.generator, _classifier_key(cfg.classifier), util, seed)
-        if on_rank0(lambda: res_path.exists() and _still_valid(res_path, json.loads(res_path.read_text()).get('fingerprint'), fp, force, 'results.json', folder)):
+        if on_rank0(lambda: (m := _read_marker(res_path)) is not None and _still_valid(res_path, m.get('fingerprint'), fp, force, 'results.json', folder)):
             paths.append(res_path); continue
         seed_everything(seed)
         t0 = time.time(); split, train = _split(cfg, train_full, seed, folder); t_split = time.time() - t0

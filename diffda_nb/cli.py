@@ -130,9 +130,9 @@ def _cmd_run(a, until='train'):
         print(yaml.safe_dump(dict(params={k: v for k, v in chk['params'].items() if k not in ('utilization', 'p', 'card')}), sort_keys=False).rstrip())
         for n in chk['notes']: print(f"note: {n}")
         return 0
+    if cfg.generator.model == 'tiny' and cfg.method.name != 'baseline' and dist_rank()[0] == 0: print(_TINY_NOTE, flush=True)   # before the run, not after it
     res = run_experiment(cfg, force=a.force, progress=not a.quiet, until=until)
     if dist_rank()[0] != 0: return 0   # under torchrun / accelerate launch, rank 0 speaks for the run
-    if cfg.generator.model == 'tiny' and cfg.method.name != 'baseline': print(_TINY_NOTE)
     print(res['table'] if res['table'] else f"generation done: {res['run']}")
     return 0
 

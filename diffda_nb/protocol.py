@@ -232,7 +232,10 @@ def check_config(cfg:ExperimentConfig)->dict:
         notes.append(f"data.name: {cfg.data.name!r} is not a built-in dataset and no such folder exists here (needed for a real run)")
     from diffda_nb.benchmarks import dataset_note   # a benchmark (07_benchmarks) that is not on disk: the command that fetches it
     if dataset_note(cfg.data.name, cfg.data.root): notes.append(dataset_note(cfg.data.name, cfg.data.root))
-    if r['recipe'].generation != 'none' and cfg.generator.model not in ('tiny',) and not Path(cfg.generator.model).expanduser().is_dir():
+    if r['recipe'].generation != 'none' and cfg.generator.model == 'tiny':
+        notes.append("generator.model: 'tiny' (the default) has RANDOM weights, for tests: its images know nothing of the classes; "
+                     "set generator.model to 'mini' (the shipped DiffDA-Mini), 'sd1.5' or a diffusers folder")
+    if r['recipe'].generation != 'none' and cfg.generator.model not in ('tiny', 'mini', 'mini-ip2p') and not Path(cfg.generator.model).expanduser().is_dir():
         notes.append(f"generator.model: {cfg.generator.model!r} is loaded from the hub cache or downloaded ({MODEL_ALIASES.get(cfg.generator.model, cfg.generator.model)})")
     if cfg.classifier.pretrained is True: notes.append('classifier.pretrained: torchvision ImageNet weights must be cached or downloadable (or give a local file)')
     return dict(method=r['recipe'].name, params=r['params'], utilization=r['strategy'], p=r['p'], notes=notes)
@@ -385,7 +388,11 @@ def _split(cfg, train_full, seed, folder:Path):
     if path.exists() and _read_marker(fp_path) == fp: split = load_split(path)
     else:
         shots = cfg.data.shots or max(train_full.class_counts())
-        split = make_kshot_split(train_full, shots, seed=seed, allow_fewer=cfg.data.shots is None)
+        try: split = make_kshot_split(train_full, shots, seed=seed, allow_fewer=cfg.data.shots is None)
+        except ValueError as e:
+            if 'fewer than' not in str(e): raise
+            raise ValueError(f"data.shots: {cfg.data.shots} per class is more than {cfg.data.name!r} has: {str(e).split(': ', 1)[1].split(';')[0]}; "
+                             f"lower data.shots, or set data.shots: null to train on every image") from None
         save_split(split, path); write_json(fp, fp_path)
     return split, split.apply(train_full)[0]
 

@@ -371,8 +371,14 @@ def _pipeline(fn):
 # %% ../nbs/30_protocol.ipynb #24662ec8
 def _load_data(cfg:ExperimentConfig):
     from diffda_nb.data import load_dataset
-    train_full = load_dataset(cfg.data.name, 'train', root=cfg.data.root)
-    test = load_dataset(cfg.data.name, cfg.data.test_split, root=cfg.data.root)
+    folder = Path(str(cfg.data.name)).expanduser().is_dir()
+    kw = dict(check='verify') if folder else {}   # an image folder: every file of both splits is checked now, not when an epoch reaches it
+    try:
+        train_full = load_dataset(cfg.data.name, 'train', root=cfg.data.root, **kw)
+        test = load_dataset(cfg.data.name, cfg.data.test_split, root=cfg.data.root, **kw)
+    except ValueError as e:
+        if 'cannot read image' not in str(e): raise
+        raise ValueError(f"data: {str(e).split('; pass skip_bad')[0].replace('from_image_folder: ', '')}; remove or replace that file") from None
     if list(train_full.classes) != list(test.classes):  # same names in the same order, or labels would be scored against other classes
         raise ValueError(f"data: the train and {cfg.data.test_split!r} splits of {cfg.data.name!r} have different classes "
                          f"(train {list(train_full.classes)}, {cfg.data.test_split} {list(test.classes)}); give both splits the same class folders")

@@ -455,13 +455,25 @@ def _finetune(cfg, r, train, seed, folder:Path, force:bool)->tuple:
     return chain, seconds
 
 # %% ../nbs/30_protocol.ipynb #40eeefe8
+def _generation_done(gen:Path, fp:str, force:bool)->bool:
+    "A finished generation stage whose manifest holds every row it wrote; one that lost rows (a torn last line) is resumed instead."
+    import warnings
+    from diffda_nb.core import Manifest
+    if not _stage_done(gen, fp, force, 'generation'): return False
+    want = (_read_marker(gen/'stage.json') or {}).get('jobs')
+    with warnings.catch_warnings(record=True): have = len(Manifest(gen/'manifest.jsonl'))
+    if want is None or have >= want: return True
+    warnings.warn(f"{gen}: the manifest holds {have} of the {want} rows generation wrote (a torn or damaged line); generating the missing ones")
+    (gen/'stage.json').unlink()
+    return False
+
 def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, progress:bool, tuned=None):
     from diffda_nb.generate import generate
     from diffda_nb.core import Manifest
     from diffda_nb.models import load_sd
     gen = folder/'generated'
     fp = fingerprint(cfg.data, cfg.method, cfg.generator, seed)
-    if on_rank0(_stage_done, gen, fp, force, 'generation'): return Manifest(gen/'manifest.jsonl'), 0.0
+    if on_rank0(_generation_done, gen, fp, force): return Manifest(gen/'manifest.jsonl'), 0.0
     t0 = time.time()
     overrides = {k: v for k, v in asdict(cfg.method).items() if k not in ('name', 'options')}
     if tuned:  # a fine-tuned generator is specific to this seed's split: load it fresh

@@ -433,7 +433,7 @@ def load_chain(pipe, # a fresh pipeline of the base model
 def _gen_size(cfg)->int: return cfg.generator.size or (64 if cfg.generator.model == 'tiny' else None)
 
 # %% ../nbs/30_protocol.ipynb #74aa97cd
-def _finetune(cfg, r, train, seed, folder:Path, force:bool)->tuple:
+def _finetune(cfg, r, train, seed, folder:Path, force:bool, progress:bool=True)->tuple:
     "Stage ①: the recipe's fine-tuning steps in order, each cached by its settings and resumable; returns (step folders, seconds)."
     from diffda_nb.models import load_sd
     steps = r['recipe'].stages(r['params'])
@@ -448,6 +448,7 @@ def _finetune(cfg, r, train, seed, folder:Path, force:bool)->tuple:
             pipe = load_chain(load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype), chain)
         native = pipe.unet.config.sample_size * pipe.vae_scale_factor  # 512 for SD 1.5, 768 for SD 2.1, 32 for 'mini'
         s = dict(resolution=_gen_size(cfg) or native, seed=seed, device=cfg.generator.device, **settings[step])
+        if not progress: s['progress'] = False   # `diffda run --quiet` silences the fine-tuning bar too
         result = _finetune_step(step, pipe, train, s, out, chain)
         if step == 'esd': pipe.unet = result  # ESD returns the erased UNet and leaves `pipe` as it was
         _mark_done(out, fp, step=step)
@@ -543,7 +544,7 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
         t0 = time.time(); split, train = _split(cfg, train_full, seed, folder); t_split = time.time() - t0
         manifest, t_gen, tuned, t_ft = None, 0.0, None, 0.0
         if r['recipe'].finetune != 'none':
-            tuned, t_ft = on_rank0(_finetune, cfg, r, train, seed, folder, force)
+            tuned, t_ft = on_rank0(_finetune, cfg, r, train, seed, folder, force, progress)
             write_json([str(p.relative_to(cfg.out_dir)) for p in tuned], folder/'finetuned.json')  # this seed's generator: step folders in order
         if r['recipe'].generation != 'none': manifest, t_gen = _generate(cfg, r, train, seed, folder, pipe_cache, force, progress, tuned)
         if until == 'generate': continue

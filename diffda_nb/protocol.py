@@ -590,10 +590,14 @@ def results_table(paths, # results.json files or folders holding them
     "A markdown table: methods × settings, cells mean ± std (%) over seeds."
     rs = _load_results(paths)
     if not rs: raise ValueError('results_table: no results')
+    setting = lambda r: f"{r['dataset']} ({r['shots']}-shot)" if r.get('shots') else r['dataset']
+    title = lambda r: r.get('method_title', r['method'])
+    names = {}
+    for r in rs: names.setdefault((title(r), setting(r)), set()).add(r.get('name'))
+    split = {t for (t, _), n in names.items() if len(n) > 1}   # a method run by several experiments in one setting: one row each, never pooled
     settings, methods, cells = [], [], {}
     for r in rs:
-        s = f"{r['dataset']} ({r['shots']}-shot)" if r.get('shots') else r['dataset']
-        m = r.get('method_title', r['method'])
+        s, m = setting(r), title(r) if title(r) not in split else f"{title(r)} ({r.get('name')})"
         if s not in settings: settings.append(s)
         if m not in methods: methods.append(m)
         if r.get(metric) is None: raise ValueError(f"result {r.get('name')} seed {r.get('seed')}: no {metric!r}")

@@ -212,8 +212,6 @@ def check_config(cfg:ExperimentConfig)->dict:
         raise ValueError(f"utilization.p: strategy {r['strategy']!r} replaces nothing at random, so p={cfg.utilization.p} would be recorded but unused; remove it")
     if cfg.data.metaclass is not None and (not isinstance(cfg.data.metaclass, str) or not cfg.data.metaclass.strip()):
         raise ValueError(f"data.metaclass: expected a word such as 'bird', got {cfg.data.metaclass!r}")
-    s = r['params'].get('strength')
-    if s is not None and not 0 < s <= 1: raise ValueError(f"method.strength must be in (0, 1], got {s}")
     if r['recipe'].generation != 'none': r['recipe'].sampler(r['params'])   # a sampler checks its settings when it is built (cheap: models load in `prepare`)
     if r['recipe'].generation != 'none' and r['strategy'] == 'none': notes.append('utilization none: the synthetic images will not be used')
     if cfg.utilization.filter is not None:
@@ -225,8 +223,6 @@ def check_config(cfg:ExperimentConfig)->dict:
     if bad: raise ValueError(f"classifier.train: unknown key(s) {sorted(bad)}; TrainConfig takes {[f.name for f in fields(TrainConfig)]}")
     notes += _check_protocol(cfg)  # the protocol's name, its settings' ranges, what it needs
     if cfg.generator.scheduler is not None: make_scheduler(cfg.generator.scheduler, {})  # unknown name: the factory's error lists the names
-    if not cfg.seeds or not all(isinstance(x, int) and x >= 0 for x in cfg.seeds): raise ValueError(f"seeds: expected a list of non-negative ints, got {cfg.seeds!r}")
-    if cfg.data.shots is not None and (not isinstance(cfg.data.shots, int) or cfg.data.shots < 1): raise ValueError(f"data.shots must be a positive int or null, got {cfg.data.shots!r}")
     key = str(cfg.data.name).lower().replace('-', '_')
     if key not in BUILTIN_DATASETS and not Path(cfg.data.name).expanduser().is_dir():
         notes.append(f"data.name: {cfg.data.name!r} is not a built-in dataset and no such folder exists here (needed for a real run)")
@@ -458,7 +454,6 @@ def _finetune(cfg, r, train, seed, folder:Path, force:bool, progress:bool=True)-
 # %% ../nbs/30_protocol.ipynb #40eeefe8
 def _generation_done(gen:Path, fp:str, force:bool)->bool:
     "A finished generation stage whose manifest holds every row it wrote; one that lost rows (a torn last line) is resumed instead."
-    import warnings
     from diffda_nb.core import Manifest
     if not _stage_done(gen, fp, force, 'generation'): return False
     want = (_read_marker(gen/'stage.json') or {}).get('jobs')

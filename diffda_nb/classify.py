@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.transforms import v2 as T
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .core import seed_everything, pick_device, pick_dtype, to_rgb, env_flag, atomic_write
 
@@ -308,9 +309,10 @@ def cosine_lr(step:int, # 0-based optimisation step
     if step < warmup_steps: return (step + 1) / warmup_steps
     return 0.5 * (1 + math.cos(math.pi * min(step - warmup_steps, total_steps - warmup_steps) / max(1, total_steps - warmup_steps)))
 
-# %% ../nbs/21_classifier.ipynb #b0c68354
+# %% ../nbs/21_classifier.ipynb #d97fc29e
 REPORTS, SCHEDULES = ('best', 'final', 'best_val'), ('cosine', 'constant', 'plateau')
 
+# %% ../nbs/21_classifier.ipynb #b0c68354
 @dataclass
 class TrainConfig:
     "Every setting of a classifier training run (defaults: UniDiffDA's coarse-dataset protocol)."
@@ -345,25 +347,7 @@ class TrainConfig:
     early_stop:int = None # stop after this many evaluations without improvement (None: never)
     restore_best:bool = False # end with the weights of the best selection epoch (validation if there is one, else test)
 
-    def __post_init__(self):
-        for k in ('epochs', 'batch_size', 'eval_every'):
-            if not isinstance(getattr(self, k), (int, np.integer)) or getattr(self, k) < 1: raise ValueError(f"TrainConfig.{k} must be a positive int, got {getattr(self, k)!r}")
-        if self.augment not in AUGMENTS: raise ValueError(f"TrainConfig.augment: expected one of {AUGMENTS}, got {self.augment!r}")
-        if self.report not in REPORTS: raise ValueError(f"TrainConfig.report: expected one of {REPORTS}, got {self.report!r}")
-        if self.optimizer not in ('sgd', 'adam'): raise ValueError(f"TrainConfig.optimizer: expected 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES: raise ValueError(f"TrainConfig.schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
-        for k in ('steps', 'early_stop'):
-            v = getattr(self, k)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1): raise ValueError(f"TrainConfig.{k} must be a positive int or None, got {v!r}")
-        for k in ('eval_steps', 'lr_patience'):
-            if isinstance(getattr(self, k), bool) or not isinstance(getattr(self, k), (int, np.integer)) or getattr(self, k) < 1: raise ValueError(f"TrainConfig.{k} must be a positive int, got {getattr(self, k)!r}")
-        if not 0 <= self.val_fraction <= 10: raise ValueError(f"TrainConfig.val_fraction must be in [0, 10] (validation size relative to training), got {self.val_fraction}")
-        if not 0 < self.lr_factor < 1: raise ValueError(f"TrainConfig.lr_factor must be in (0, 1), got {self.lr_factor}")
-        if self.report == 'best_val' and not self.restore_best: raise ValueError("TrainConfig.report='best_val' needs restore_best=True (and a validation set)")
-        if self.report == 'best' and self.val_fraction > 0: raise ValueError("TrainConfig.report='best' picks the best *test* epoch, but val_fraction > 0 asks a validation set to select the model; use report='best_val' (with restore_best=True) or 'final'")
-
-        if not 0 <= self.label_smoothing < 1: raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.mixup_alpha < 0 or self.cutmix_alpha < 0: raise ValueError("TrainConfig.mixup_alpha/cutmix_alpha must be ≥ 0")
+    def __post_init__(self): _check_train_config(self)
 
     def erasers(self)->tuple:
         "The Cutout and GridMask transforms this config asks for (None where off)."
@@ -371,6 +355,27 @@ class TrainConfig:
         c = None if not c else Cutout(**c) if isinstance(c, dict) else Cutout(*c) if isinstance(c, (tuple, list)) else Cutout(1, int(c))
         g = None if not g else GridMask(**g) if isinstance(g, dict) else GridMask(ratio=float(g))
         return c, g
+
+# %% ../nbs/21_classifier.ipynb #595b42b1
+def _check_train_config(cfg):
+    "Refuse a TrainConfig with a value out of range or settings that contradict each other, naming the field."
+    for k in ('epochs', 'batch_size', 'eval_every'):
+        if not isinstance(getattr(cfg, k), (int, np.integer)) or getattr(cfg, k) < 1: raise ValueError(f"TrainConfig.{k} must be a positive int, got {getattr(cfg, k)!r}")
+    if cfg.augment not in AUGMENTS: raise ValueError(f"TrainConfig.augment: expected one of {AUGMENTS}, got {cfg.augment!r}")
+    if cfg.report not in REPORTS: raise ValueError(f"TrainConfig.report: expected one of {REPORTS}, got {cfg.report!r}")
+    if cfg.optimizer not in ('sgd', 'adam'): raise ValueError(f"TrainConfig.optimizer: expected 'sgd' or 'adam', got {cfg.optimizer!r}")
+    if cfg.schedule not in SCHEDULES: raise ValueError(f"TrainConfig.schedule: expected one of {SCHEDULES}, got {cfg.schedule!r}")
+    for k in ('steps', 'early_stop'):
+        v = getattr(cfg, k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1): raise ValueError(f"TrainConfig.{k} must be a positive int or None, got {v!r}")
+    for k in ('eval_steps', 'lr_patience'):
+        if isinstance(getattr(cfg, k), bool) or not isinstance(getattr(cfg, k), (int, np.integer)) or getattr(cfg, k) < 1: raise ValueError(f"TrainConfig.{k} must be a positive int, got {getattr(cfg, k)!r}")
+    if not 0 <= cfg.val_fraction <= 10: raise ValueError(f"TrainConfig.val_fraction must be in [0, 10] (validation size relative to training), got {cfg.val_fraction}")
+    if not 0 < cfg.lr_factor < 1: raise ValueError(f"TrainConfig.lr_factor must be in (0, 1), got {cfg.lr_factor}")
+    if cfg.report == 'best_val' and not cfg.restore_best: raise ValueError("TrainConfig.report='best_val' needs restore_best=True (and a validation set)")
+    if cfg.report == 'best' and cfg.val_fraction > 0: raise ValueError("TrainConfig.report='best' picks the best *test* epoch, but val_fraction > 0 asks a validation set to select the model; use report='best_val' (with restore_best=True) or 'final'")
+    if not 0 <= cfg.label_smoothing < 1: raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.mixup_alpha < 0 or cfg.cutmix_alpha < 0: raise ValueError("TrainConfig.mixup_alpha/cutmix_alpha must be ≥ 0")
 
 # %% ../nbs/21_classifier.ipynb #ec1f8d63
 @dataclass
@@ -582,6 +587,71 @@ def _train_round(pmodel, dl, opt, sched, acc, cfg:TrainConfig, n_steps:int, bar,
         bar.update(); bar.set_postfix(epoch=epoch + 1, loss=f'{loss.item():.3f}')
     return tot / max(n, 1)
 
+# %% ../nbs/21_classifier.ipynb #73500613
+def _run_key(cfg:TrainConfig, fingerprint:str, K:int, size:int, n_train:int, n_val:int, processes:int)->dict:
+    "What a checkpoint must match to be resumed: every setting that changes the run, and the data."
+    return dict({k: v for k, v in asdict(cfg).items() if k not in _CKPT_IGNORE}, data=fingerprint, num_classes=K, image_size=size,
+                n_train=n_train, n_val=n_val, processes=processes)
+
+def _fresh_log(cfg:TrainConfig)->dict:
+    "A run's log before its first round: history, best and final test results, and the plateau tracker."
+    return dict(epoch=0, seconds=0.0, best=None, final=None, stopped=None, history=dict(epoch=[], train_loss=[], lr=[], test_top1=[], val_top1=[]),
+                plateau=asdict(Plateau(cfg.lr_patience if cfg.schedule == 'plateau' else None, cfg.early_stop)))
+
+def _restore(state:dict, opt, sched, acc, gen)->tuple:
+    "Load a checkpoint's optimizer, schedule, scaler and random states; returns its log and best weights."
+    opt.load_state_dict(state['optimizer'])
+    if sched is not None: sched.load_state_dict(state['scheduler'])
+    if acc.scaler is not None and state['scaler'] is not None: acc.scaler.load_state_dict(state['scaler'])
+    log, best_state = state['log'], state['best_model']; set_rng_state(state['rng'], gen)
+    return log, best_state
+
+def _check_report(cfg:TrainConfig, n_val:int):
+    "`report` and the validation set must agree: the best *test* epoch cannot be picked when validation selects the model."
+    if n_val and cfg.report == 'best':
+        raise ValueError("TrainConfig.report='best' picks the best *test* epoch, but a validation set selects the model here; use report='best_val' (with restore_best=True) or 'final'")
+    if cfg.report == 'best_val' and not n_val: raise ValueError("TrainConfig.report='best_val' needs a validation set: val_fraction > 0 or val_set=")
+
+def _rounds(n_batches:int, cfg:TrainConfig)->tuple:
+    "Steps per round, rounds, and total optimizer steps: `epochs` passes over the data, or `steps` in rounds of `eval_steps`."
+    steps = n_batches if cfg.steps is None else cfg.eval_steps
+    rounds = cfg.epochs if cfg.steps is None else math.ceil(cfg.steps / cfg.eval_steps)
+    return steps, rounds, rounds * steps if cfg.steps is None else cfg.steps
+
+# %% ../nbs/21_classifier.ipynb #5caec1cc
+def _evaluate_round(pmodel, val_dl, test_dl, test_set, acc, log:dict, epoch:int, due:bool):
+    "Validate or test after round `epoch` (0-based) if `due`; records both in the history and the test result in best/final. Returns what selects the model."
+    vm = _metrics(*_collect(pmodel, val_dl, gather=acc.gather_for_metrics), None) if due and val_dl is not None else None
+    tm = _metrics(*_collect(pmodel, test_dl, gather=acc.gather_for_metrics), getattr(test_set, 'classes', None)) if due and test_dl is not None and val_dl is None else None
+    if tm is not None:
+        log['final'] = dict(tm, epoch=epoch + 1)
+        if log['best'] is None or tm['top1'] > log['best']['top1']: log['best'] = log['final']
+    log['history']['test_top1'].append(tm and tm['top1']); log['history']['val_top1'].append(vm and vm['top1'])
+    return vm or tm
+
+def _react(event:str, cfg:TrainConfig, opt, log:dict, epoch:int, weights):
+    "Act on a plateau event; returns a CPU copy of the weights when the model improved and `restore_best` asks to keep them."
+    if event == 'reduce':
+        for g in opt.param_groups: g['lr'] *= cfg.lr_factor
+    if event == 'stop': log['stopped'] = epoch + 1
+    if event == 'improved' and cfg.restore_best: return {k: v.detach().to('cpu', copy=True) for k, v in weights().items()}
+
+def _checkpoint(ckpt_dir, acc, key:dict, log:dict, pmodel, opt, sched, best_state, gen):
+    "Everything a resumed run needs, written atomically after a round."
+    _save_checkpoint(ckpt_dir, acc, dict(key=key, epoch=log['epoch'], log=log, model=acc.unwrap_model(pmodel).state_dict(), optimizer=opt.state_dict(), best_model=best_state,
+                                         scheduler=sched and sched.state_dict(), scaler=acc.scaler.state_dict() if acc.scaler is not None else None), rng_state(gen))
+
+# %% ../nbs/21_classifier.ipynb #36acb218
+def _result(log:dict, plateau:Plateau, cfg:TrainConfig, n_val:int, resumed_from, K:int, size:int)->dict:
+    "The run's summary: history, the reported and the best/final accuracies, selection and timing."
+    best, final = log['best'], log['final']
+    shown = best if cfg.report == 'best' else final
+    return dict(history=log['history'], report=cfg.report, top1=shown and shown['top1'],
+                best_top1=best and best['top1'], best_epoch=best and best['epoch'], final_top1=final and final['top1'],
+                val_top1=plateau.best if n_val else None, selected_epoch=plateau.best_epoch, stopped_at=log['stopped'],
+                top5=shown and shown['top5'], per_class=shown and shown['per_class'], seconds=log['seconds'],
+                resumed_from=resumed_from, num_classes=K, image_size=size, config=asdict(cfg))
+
 # %% ../nbs/21_classifier.ipynb #09fa63e5
 def train_classifier(model:nn.Module, # the classifier (trained in place)
                      train_set, # items (image, int label) or (image, soft target vector); may have set_epoch(epoch)
@@ -597,20 +667,15 @@ def train_classifier(model:nn.Module, # the classifier (trained in place)
                      **overrides # TrainConfig fields to override, e.g. epochs=5
                     )->dict:
     "Train `model` on soft targets (SGD/Adam, cosine/constant/plateau lr); returns history and test accuracy. Checkpoints each epoch, resumes exactly."
-    from tqdm.auto import tqdm
     cfg = replace(cfg or TrainConfig(), **overrides)
-    device = pick_device(cfg.device)
-    acc = _make_accelerator(device, cfg.amp)
+    acc = _make_accelerator(pick_device(cfg.device), cfg.amp)
     if cfg.batch_size % acc.num_processes: raise ValueError(f"TrainConfig.batch_size ({cfg.batch_size}) must be divisible by the number of processes ({acc.num_processes})")
     seed_everything(cfg.seed + acc.process_index)
     K, size = _num_classes(model), _image_size(model, train_set, cfg.image_size)
     gen = torch.Generator().manual_seed(cfg.seed)   # the batch order: its state is part of every checkpoint
     dl, val_dl, test_dl, n_train, n_val = _data(train_set, val_set, test_set, cfg, K, size, gen)
-    if n_val and cfg.report == 'best':
-        raise ValueError("TrainConfig.report='best' picks the best *test* epoch, but a validation set selects the model here; use report='best_val' (with restore_best=True) or 'final'")
-    if cfg.report == 'best_val' and not n_val: raise ValueError("TrainConfig.report='best_val' needs a validation set: val_fraction > 0 or val_set=")
-    key = dict({k: v for k, v in asdict(cfg).items() if k not in _CKPT_IGNORE}, data=fingerprint, num_classes=K, image_size=size,
-               n_train=n_train, n_val=n_val, processes=acc.num_processes)
+    _check_report(cfg, n_val)
+    key = _run_key(cfg, fingerprint, K, size, n_train, n_val, acc.num_processes)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
     state = _resume(ckpt_dir, key, resume, acc)
     if state is not None: model.load_state_dict(state['model'])
@@ -618,18 +683,9 @@ def train_classifier(model:nn.Module, # the classifier (trained in place)
     opt = _optimizer(model, cfg)
     pmodel, opt, dl = acc.prepare(model, opt, dl)
     val_dl, test_dl = [d if d is None else acc.prepare(d) for d in (val_dl, test_dl)]
-    steps = len(dl) if cfg.steps is None else cfg.eval_steps
-    rounds = cfg.epochs if cfg.steps is None else math.ceil(cfg.steps / cfg.eval_steps)
-    total = rounds * steps if cfg.steps is None else cfg.steps
+    steps, rounds, total = _rounds(len(dl), cfg)
     sched = _schedule(opt.optimizer, cfg, total, round(cfg.warmup_epochs * steps))
-    log = dict(epoch=0, seconds=0.0, best=None, final=None, stopped=None, history=dict(epoch=[], train_loss=[], lr=[], test_top1=[], val_top1=[]),
-               plateau=asdict(Plateau(cfg.lr_patience if cfg.schedule == 'plateau' else None, cfg.early_stop)))
-    best_state = None
-    if state is not None:
-        opt.load_state_dict(state['optimizer'])
-        if sched is not None: sched.load_state_dict(state['scheduler'])
-        if acc.scaler is not None and state['scaler'] is not None: acc.scaler.load_state_dict(state['scaler'])
-        log, best_state = state['log'], state['best_model']; set_rng_state(state['rng'], gen)
+    log, best_state = _restore(state, opt, sched, acc, gen) if state is not None else (_fresh_log(cfg), None)
     hist, start, t0, base, plateau = log['history'], log['epoch'], time.time(), log['seconds'], Plateau(**log['plateau'])
     bar = tqdm(total=total, initial=min(start * steps, total), disable=not progress or not acc.is_main_process, desc='train', leave=False)
     try:
@@ -637,25 +693,13 @@ def train_classifier(model:nn.Module, # the classifier (trained in place)
             if hasattr(train_set, 'set_epoch'): train_set.set_epoch(epoch)
             hist['lr'].append(opt.param_groups[0]['lr'])
             hist['epoch'].append(epoch + 1); hist['train_loss'].append(_train_round(pmodel, dl, opt, sched, acc, cfg, steps if cfg.steps is None else min(steps, cfg.steps - epoch * steps), bar, epoch))
-            due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == rounds
-            vm = _metrics(*_collect(pmodel, val_dl, gather=acc.gather_for_metrics), None) if due and val_dl is not None else None
-            tm = _metrics(*_collect(pmodel, test_dl, gather=acc.gather_for_metrics), getattr(test_set, 'classes', None)) if due and test_dl is not None and val_dl is None else None
-            if tm is not None:
-                log['final'] = dict(tm, epoch=epoch + 1)
-                if log['best'] is None or tm['top1'] > log['best']['top1']: log['best'] = log['final']
-            hist['test_top1'].append(tm and tm['top1']); hist['val_top1'].append(vm and vm['top1'])
-            sel = vm or tm
+            sel = _evaluate_round(pmodel, val_dl, test_dl, test_set, acc, log, epoch, due=(epoch + 1) % cfg.eval_every == 0 or epoch + 1 == rounds)
             if sel is not None:
-                event = plateau.step(sel['top1'], epoch + 1)
-                if event == 'improved' and cfg.restore_best: best_state = {k: v.detach().to('cpu', copy=True) for k, v in acc.unwrap_model(pmodel).state_dict().items()}
-                if event == 'reduce':
-                    for g in opt.param_groups: g['lr'] *= cfg.lr_factor
-                if event == 'stop': log['stopped'] = epoch + 1
+                kept = _react(plateau.step(sel['top1'], epoch + 1), cfg, opt, log, epoch, lambda: acc.unwrap_model(pmodel).state_dict())
+                best_state = kept if kept is not None else best_state
                 bar.set_postfix(epoch=epoch + 1, loss=f'{hist["train_loss"][-1]:.3f}', top1=f"{sel['top1']:.3f}")
             log.update(epoch=epoch + 1, seconds=base + time.time() - t0, plateau=asdict(plateau))
-            if ckpt_dir is not None:
-                _save_checkpoint(ckpt_dir, acc, dict(key=key, epoch=epoch + 1, log=log, model=acc.unwrap_model(pmodel).state_dict(), optimizer=opt.state_dict(), best_model=best_state,
-                                                     scheduler=sched and sched.state_dict(), scaler=acc.scaler.state_dict() if acc.scaler is not None else None), rng_state(gen))
+            if ckpt_dir is not None: _checkpoint(ckpt_dir, acc, key, log, pmodel, opt, sched, best_state, gen)
             if on_epoch is not None: on_epoch(epoch + 1, hist)
             if log['stopped']: break
     finally:
@@ -667,13 +711,7 @@ def train_classifier(model:nn.Module, # the classifier (trained in place)
     if val_dl is not None and test_dl is not None:   # the model that was selected on validation, tested once
         log['final'] = dict(_metrics(*_collect(pmodel, test_dl, gather=acc.gather_for_metrics), getattr(test_set, 'classes', None)), epoch=plateau.best_epoch if cfg.restore_best else log['epoch'])
     if ckpt_dir is not None and not keep_checkpoint and acc.is_main_process: shutil.rmtree(ckpt_dir, ignore_errors=True)
-    best, final = log['best'], log['final']
-    shown = best if cfg.report == 'best' else final
-    return dict(history=hist, report=cfg.report, top1=shown and shown['top1'],
-                best_top1=best and best['top1'], best_epoch=best and best['epoch'], final_top1=final and final['top1'],
-                val_top1=plateau.best if n_val else None, selected_epoch=plateau.best_epoch, stopped_at=log['stopped'],
-                top5=shown and shown['top5'], per_class=shown and shown['per_class'], seconds=log['seconds'],
-                resumed_from=start if state is not None else None, num_classes=K, image_size=size, config=asdict(cfg))
+    return _result(log, plateau, cfg, n_val, start if state is not None else None, K, size)
 
 # %% ../nbs/21_classifier.ipynb #b6f441ae
 def rng_state(*generators:torch.Generator)->dict:

@@ -5,12 +5,15 @@
 # %% auto #0
 __all__ = ['MANIFEST_FIELDS', 'seed_everything', 'make_generator', 'pick_device', 'pick_dtype', 'env_flag', 'cache_root',
            'to_rgb', 'load_image', 'sample_photos', 'images_to_tensor', 'tensor_to_pil', 'show_images', 'grid_image',
-           'atomic_write', 'save_image', 'write_json', 'normalize_label_weights', 'soft_label', 'Manifest']
+           'atomic_write', 'save_image', 'write_json', 'normalize_label_weights', 'soft_label', 'Manifest',
+           'clean_doc_markdown', 'doc_renderer']
 
 # %% ../nbs/00_core.ipynb #4cc07af1
-import contextlib, json, os, random, shutil, tempfile, math
+import contextlib, json, os, random, re, shutil, tempfile, math
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
+
+from fastcore.basics import patch
 
 import numpy as np
 import torch
@@ -286,64 +289,6 @@ class Manifest:
         self._rows, self._index, self._torn = [], {}, False
         if self.path.exists(): self._read()
 
-    def _read(self):
-        import warnings
-        data = self.path.read_bytes()
-        lines = data.split(b'\n')
-        complete, last = lines[:-1], lines[-1]   # `last` is b'' when the file ends in a newline
-        for n, line in enumerate(complete, 1):
-            if not line.strip(): continue
-            try: row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{self.path}, line {n}: not valid JSON ({e.msg}); the manifest is corrupt (not a torn last write)") from None
-            self._add(row, f'{self.path}, line {n}')
-        if last.strip():
-            self._torn = True
-            warnings.warn(f"{self.path}: ignoring an incomplete last line ({len(last)} bytes; the writer was interrupted)")
-
-    def _add(self, row, where):
-        if not isinstance(row, dict) or 'id' not in row or 'path' not in row:
-            raise ValueError(f"{where}: a manifest row must be an object with 'id' and 'path', got {str(row)[:80]}")
-        if row['id'] in self._index: raise ValueError(f"{where}: duplicate id {row['id']!r}")
-        self._index[row['id']] = len(self._rows); self._rows.append(row)
-
-    def _repair(self):
-        "Cut off a torn last line so the next append starts on a fresh line."
-        data = self.path.read_bytes()
-        keep = data[:data.rfind(b'\n') + 1]
-        with open(self.path, 'r+b') as f: f.truncate(len(keep)); f.flush(); os.fsync(f.fileno())
-        self._torn = False
-
-    def _clean(self, row:dict)->dict:
-        row = dict(row)
-        for k in ('id', 'path'):
-            if row.get(k) in (None, ''): raise ValueError(f"manifest row: field {k!r} is required, got {row.get(k)!r}")
-        if isinstance(row['path'], Path) or os.path.isabs(str(row['path'])):
-            p = Path(row['path'])
-            row['path'] = str(p.relative_to(self.root)) if p.is_absolute() and p.is_relative_to(self.root) else str(p)
-        if row.get('label_weights') is not None: row['label_weights'] = normalize_label_weights(row['label_weights'], f"row {row['id']!r}: label_weights")
-        json.dumps(row, default=_json_default)  # fail before writing anything
-        return json.loads(json.dumps(row, default=_json_default))
-
-    def extend(self, rows:Iterable[dict])->None:
-        "Append rows (validated first; all-or-nothing against bad input), then flush and fsync once."
-        rows = [self._clean(r) for r in rows]
-        if not rows: return
-        seen = set()
-        for r in rows:
-            if r['id'] in self._index or r['id'] in seen: raise ValueError(f"manifest {self.path}: duplicate id {r['id']!r}")
-            seen.add(r['id'])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self._torn: self._repair()
-        blob = ''.join(json.dumps(r, separators=(',', ':')) + '\n' for r in rows).encode()
-        with open(self.path, 'ab') as f:
-            f.write(blob); f.flush(); os.fsync(f.fileno())
-        for r in rows: self._add(r, str(self.path))
-
-    def append(self, row:dict)->None:
-        "Append one row (see `extend`)."
-        self.extend([row])
-
     def __len__(self): return len(self._rows)
     def __iter__(self)->Iterator[dict]: return iter(self._rows)
     def __contains__(self, id): return id in self._index
@@ -357,24 +302,119 @@ class Manifest:
     @property
     def rows(self)->list: return list(self._rows)
 
-    def image_path(self, row_or_id)->Path:
-        "Absolute path of a row's image."
-        row = self[row_or_id] if not isinstance(row_or_id, dict) else row_or_id
-        rel = PurePosixPath(str(row['path']).replace('\\', '/'))
-        if rel.is_absolute() or '..' in rel.parts or not rel.parts:   # a hand-edited row must not read (or later overwrite) files elsewhere
-            raise ValueError(f"{self.path}: row {row.get('id')!r} has path {row['path']!r}; a manifest row's path must lie inside the manifest's folder")
-        return self.root / rel
+# %% ../nbs/00_core.ipynb #657a42f7
+@patch
+def _read(self:Manifest):
+    import warnings
+    data = self.path.read_bytes()
+    lines = data.split(b'\n')
+    complete, last = lines[:-1], lines[-1]   # `last` is b'' when the file ends in a newline
+    for n, line in enumerate(complete, 1):
+        if not line.strip(): continue
+        try: row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.path}, line {n}: not valid JSON ({e.msg}); the manifest is corrupt (not a torn last write)") from None
+        self._add(row, f'{self.path}, line {n}')
+    if last.strip():
+        self._torn = True
+        warnings.warn(f"{self.path}: ignoring an incomplete last line ({len(last)} bytes; the writer was interrupted)")
 
-    def filter(self, **conditions)->list:
-        "Rows whose fields equal all `conditions`, e.g. `m.filter(source_index=3)`."
-        return [r for r in self._rows if all(r.get(k) == v for k, v in conditions.items())]
+@patch
+def _add(self:Manifest, row, where):
+    if not isinstance(row, dict) or 'id' not in row or 'path' not in row:
+        raise ValueError(f"{where}: a manifest row must be an object with 'id' and 'path', got {str(row)[:80]}")
+    if row['id'] in self._index: raise ValueError(f"{where}: duplicate id {row['id']!r}")
+    self._index[row['id']] = len(self._rows); self._rows.append(row)
 
-    def group_by(self, field:str)->dict:
-        "Rows grouped by the value of `field` (e.g. 'source_index' for local random replacement)."
-        out = {}
-        for r in self._rows: out.setdefault(r.get(field), []).append(r)
-        return out
+@patch
+def _repair(self:Manifest):
+    "Cut off a torn last line so the next append starts on a fresh line."
+    data = self.path.read_bytes()
+    keep = data[:data.rfind(b'\n') + 1]
+    with open(self.path, 'r+b') as f: f.truncate(len(keep)); f.flush(); os.fsync(f.fileno())
+    self._torn = False
 
-    def missing_files(self)->list:
-        "Ids of rows whose image file does not exist."
-        return [r['id'] for r in self._rows if not (self.root / r['path']).exists()]
+# %% ../nbs/00_core.ipynb #c46ef67c
+@patch
+def _clean(self:Manifest, row:dict)->dict:
+    row = dict(row)
+    for k in ('id', 'path'):
+        if row.get(k) in (None, ''): raise ValueError(f"manifest row: field {k!r} is required, got {row.get(k)!r}")
+    if isinstance(row['path'], Path) or os.path.isabs(str(row['path'])):
+        p = Path(row['path'])
+        row['path'] = str(p.relative_to(self.root)) if p.is_absolute() and p.is_relative_to(self.root) else str(p)
+    if row.get('label_weights') is not None: row['label_weights'] = normalize_label_weights(row['label_weights'], f"row {row['id']!r}: label_weights")
+    json.dumps(row, default=_json_default)  # fail before writing anything
+    return json.loads(json.dumps(row, default=_json_default))
+
+@patch
+def extend(self:Manifest, rows:Iterable[dict])->None:
+    "Append rows (validated first; all-or-nothing against bad input), then flush and fsync once."
+    rows = [self._clean(r) for r in rows]
+    if not rows: return
+    seen = set()
+    for r in rows:
+        if r['id'] in self._index or r['id'] in seen: raise ValueError(f"manifest {self.path}: duplicate id {r['id']!r}")
+        seen.add(r['id'])
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    if self._torn: self._repair()
+    blob = ''.join(json.dumps(r, separators=(',', ':')) + '\n' for r in rows).encode()
+    with open(self.path, 'ab') as f:
+        f.write(blob); f.flush(); os.fsync(f.fileno())
+    for r in rows: self._add(r, str(self.path))
+
+@patch
+def append(self:Manifest, row:dict)->None:
+    "Append one row (see `extend`)."
+    self.extend([row])
+
+# %% ../nbs/00_core.ipynb #3ac2b573
+@patch
+def image_path(self:Manifest, row_or_id)->Path:
+    "Absolute path of a row's image."
+    row = self[row_or_id] if not isinstance(row_or_id, dict) else row_or_id
+    rel = PurePosixPath(str(row['path']).replace('\\', '/'))
+    if rel.is_absolute() or '..' in rel.parts or not rel.parts:   # a hand-edited row must not read (or later overwrite) files elsewhere
+        raise ValueError(f"{self.path}: row {row.get('id')!r} has path {row['path']!r}; a manifest row's path must lie inside the manifest's folder")
+    return self.root / rel
+
+@patch
+def filter(self:Manifest, **conditions)->list:
+    "Rows whose fields equal all `conditions`, e.g. `m.filter(source_index=3)`."
+    return [r for r in self._rows if all(r.get(k) == v for k, v in conditions.items())]
+
+@patch
+def group_by(self:Manifest, field:str)->dict:
+    "Rows grouped by the value of `field` (e.g. 'source_index' for local random replacement)."
+    out = {}
+    for r in self._rows: out.setdefault(r.get(field), []).append(r)
+    return out
+
+@patch
+def missing_files(self:Manifest)->list:
+    "Ids of rows whose image file does not exist."
+    return [r['id'] for r in self._rows if not (self.root / r['path']).exists()]
+
+# %% ../nbs/00_core.ipynb #4b528a18
+def clean_doc_markdown(md:str)->str:
+    "Tidy `show_doc` markdown: drop inferred `:NoneType` annotations and link syntax in signature blocks, escape `<…>` elsewhere."
+    out = []
+    for i, part in enumerate(re.split(r'(```python\n.*?\n```)', md, flags=re.S)):
+        if i % 2:   # a signature block
+            part = re.sub(r':NoneType(?==None)', '', part)
+            part = re.sub(r'\[([^\]\n]+)\]\([^)\s]+\)', r'\1', part)
+        else:       # prose: angle brackets outside `code` are text, not HTML
+            part = ''.join(s if s.startswith('`') else re.sub(r'<(?=[\w/])', '&lt;', s) for s in re.split(r'(`[^`\n]*`)', part))
+        out.append(part)
+    return ''.join(out)
+
+class _CleanDoc:
+    "A `show_doc` result whose markdown and plain text are cleaned by `clean_doc_markdown`."
+    def __init__(self, doc): self.doc = doc
+    def _repr_markdown_(self): return clean_doc_markdown(self.doc._repr_markdown_())
+    def __repr__(self): return re.sub(r':NoneType(?==None)', '', repr(self.doc))
+
+def doc_renderer(sym, name:str=None, title_level:int=3):
+    "`show_doc`'s renderer for this site: nbdev's markdown renderer, cleaned (set as `renderer` in settings.ini)."
+    from nbdev.showdoc import BasicMarkdownRenderer   # nbdev is a development dependency: imported only when docs are made
+    return _CleanDoc(BasicMarkdownRenderer(sym, name=name, title_level=title_level))

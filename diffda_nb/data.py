@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'Split', 'FASHION_MNIST_CLASSES', 'FASHION_MNIST_PROMPT_NAMES', 'MNIST_CLASSES',
-           'MNIST_PROMPT_NAMES', 'FASHION_MNIST_DEBIAN', 'BUILTIN_DATASETS', 'prompt_name', 'ImageDataset',
-           'from_arrays', 'from_image_folder', 'from_torchvision', 'from_hf', 'KShotSplit', 'make_kshot_split',
-           'save_split', 'load_split', 'read_idx', 'data_cache', 'make_fashion_mnist_mini', 'load_dataset',
-           'plot_class_counts']
+           'MNIST_PROMPT_NAMES', 'FASHION_MNIST_DEBIAN', 'BUILTIN_DATASETS', 'prompt_name', 'article', 'fill_prompt',
+           'ImageDataset', 'from_arrays', 'from_image_folder', 'from_torchvision', 'from_hf', 'KShotSplit',
+           'make_kshot_split', 'save_split', 'load_split', 'read_idx', 'data_cache', 'make_fashion_mnist_mini',
+           'load_dataset', 'plot_class_counts']
 
 # %% ../nbs/03_data.ipynb #85d69ba2
 import functools, gzip, io, json, logging, os, re, tarfile, zipfile
@@ -33,6 +33,29 @@ def prompt_name(cls:str # a class name as the dataset spells it
     s = re.sub(r'^\d+[._\-\s]+', '', s)   # '001.Black_footed_Albatross' -> 'Black_footed_Albatross'
     s = re.sub(r'[_\s]+', ' ', s).strip().lower()
     return s or str(cls).strip().lower()
+
+# %% ../nbs/03_data.ipynb #40635ac2
+_CONSONANT_SOUND = ('one', 'once', 'uni', 'use', 'usu', 'uti', 'ure', 'euro', 'ewe', 'uk')   # vowel letter, consonant sound
+_SILENT_H = ('hour', 'honest', 'honor', 'honour', 'heir')
+
+def article(word:str)->str:
+    "'an' before a vowel sound, else 'a' (a spelling rule with the usual exceptions: 'a uniform', 'an hour')."
+    w = str(word).strip().lower()
+    if w.startswith(_SILENT_H): return 'an'
+    return 'an' if w[:1] in tuple('aeiou') and not w.startswith(_CONSONANT_SOUND) else 'a'
+
+def fill_prompt(template:str, *args, **fields)->str:
+    "`template.format(*args, **fields)` with each 'a'/'an' right before a field made to agree with its value; whitespace collapsed."
+    auto = iter(args)
+    def agree(m):
+        key = m.group(3)
+        value = next(auto, None) if key == '' else args[int(key)] if key.isdigit() else fields.get(key)
+        if value is None or not str(value).strip(): return m.group(0)
+        new = article(value)
+        return (new.capitalize() if m.group(2)[0].isupper() else new) + m.group(0)[len(m.group(2)):]
+    positional = sum(1 for _ in re.finditer(r'\{\}', template))
+    fixed = re.sub(r'(?<![\w{])((an?|An?) )\{(\w*)\}', agree, template) if positional <= 1 else template
+    return ' '.join(fixed.format(*args, **fields).split())
 
 # %% ../nbs/03_data.ipynb #d3ec0abe
 class _ArrayItems(Sequence):
@@ -115,37 +138,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def num_classes(self)->int: return len(self.classes)
     def __len__(self): return len(self.labels)
 
-    def image(self, i:int)->Image.Image:
-        "Item `i` as an RGB PIL image (paths are read now)."
-        if not -len(self) <= i < len(self): raise IndexError(f"{self.name}: index {i} out of range for {len(self)} items")
-        it = self.items[i]
-        return load_image(it) if isinstance(it, (str, os.PathLike)) else to_rgb(it)
-
     def __getitem__(self, i:int): return self.image(i), self.labels[i]
-
-    def class_indices(self)->dict:
-        "`{label: [indices of its items]}` for every class (empty lists included)."
-        out = {c: [] for c in range(self.num_classes)}
-        for i, l in enumerate(self.labels): out[l].append(i)
-        return out
-
-    def class_counts(self)->list:
-        "Number of items per class, indexed by label."
-        return np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=self.num_classes).tolist()
-
-    def subset(self, indices, # item indices to keep, in this order
-               name:str=None # the new dataset's name (default: this one's)
-              )->'ImageDataset':
-        "A dataset of some of the items, with the same classes (labels keep their meaning)."
-        idx = np.asarray(indices)
-        if idx.size and (idx.dtype == bool or not np.issubdtype(idx.dtype, np.integer)):
-            raise TypeError(f"indices: expected int item indices, got dtype {idx.dtype}")
-        idx = idx.astype(np.int64).ravel()
-        bad = np.flatnonzero((idx < 0) | (idx >= len(self)))
-        if len(bad): raise IndexError(f"indices[{bad[0]}] = {idx[bad[0]]} is outside 0..{len(self) - 1} ({self.name} has {len(self)} items)")
-        src = self.source_indices
-        return ImageDataset(_take(self.items, idx.tolist()), [self.labels[i] for i in idx], self.classes, self.metaclass,
-                            name or self.name, self.prompt_names, [src[i] if src else int(i) for i in idx], self.info)
 
     def __repr__(self):
         counts = self.class_counts()
@@ -154,6 +147,42 @@ class ImageDataset(torch.utils.data.Dataset):
         split = f" [{self.info['split']}]" if 'split' in self.info else ''
         meta = f", metaclass {self.metaclass!r}" if self.metaclass else ''
         return f"ImageDataset {self.name!r}{split}: {len(self)} images, {self.num_classes} classes ({per}: {shown}){meta}"
+
+# %% ../nbs/03_data.ipynb #286da835
+@patch
+def image(self:ImageDataset, i:int)->Image.Image:
+    "Item `i` as an RGB PIL image (paths are read now)."
+    if not -len(self) <= i < len(self): raise IndexError(f"{self.name}: index {i} out of range for {len(self)} items")
+    it = self.items[i]
+    return load_image(it) if isinstance(it, (str, os.PathLike)) else to_rgb(it)
+
+# %% ../nbs/03_data.ipynb #193967d2
+@patch
+def class_indices(self:ImageDataset)->dict:
+    "`{label: [indices of its items]}` for every class (empty lists included)."
+    out = {c: [] for c in range(self.num_classes)}
+    for i, l in enumerate(self.labels): out[l].append(i)
+    return out
+
+@patch
+def class_counts(self:ImageDataset)->list:
+    "Number of items per class, indexed by label."
+    return np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=self.num_classes).tolist()
+
+@patch
+def subset(self:ImageDataset, indices, # item indices to keep, in this order
+           name:str=None # the new dataset's name (default: this one's)
+          )->'ImageDataset':
+    "A dataset of some of the items, with the same classes (labels keep their meaning)."
+    idx = np.asarray(indices)
+    if idx.size and (idx.dtype == bool or not np.issubdtype(idx.dtype, np.integer)):
+        raise TypeError(f"indices: expected int item indices, got dtype {idx.dtype}")
+    idx = idx.astype(np.int64).ravel()
+    bad = np.flatnonzero((idx < 0) | (idx >= len(self)))
+    if len(bad): raise IndexError(f"indices[{bad[0]}] = {idx[bad[0]]} is outside 0..{len(self) - 1} ({self.name} has {len(self)} items)")
+    src = self.source_indices
+    return ImageDataset(_take(self.items, idx.tolist()), [self.labels[i] for i in idx], self.classes, self.metaclass,
+                        name or self.name, self.prompt_names, [src[i] if src else int(i) for i in idx], self.info)
 
 # %% ../nbs/03_data.ipynb #fec014d1
 def from_arrays(images, # uint8 array N×H×W (grey) or N×H×W×3

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .core import Manifest, atomic_write, load_image, soft_label, to_rgb, write_json
 from .utilization import _row_class
+from .data import fill_prompt
 
 # %% ../nbs/22_filtering.ipynb #f28b516f
 def row_score(class_scores:torch.Tensor, # C per-class scores of the row's image
@@ -103,7 +104,7 @@ class ClipMulti(_ClipScorer):
         self.template = template
         super().__init__(class_names, clip, pretrained, device)
         self.text = self._text(self.prompts())
-    def prompts(self)->list: return [self.template.format(n) for n in self.class_names]
+    def prompts(self)->list: return [fill_prompt(self.template, n) for n in self.class_names]
     def class_scores(self, images): return (self.scale * self._image(images) @ self.text.T).softmax(-1).cpu()
 
 # %% ../nbs/22_filtering.ipynb #38e3b207
@@ -119,8 +120,8 @@ class ClipBinary(_ClipScorer):
         self.pos, self.neg = self._text(list(pos)), self._text(list(neg))
     def prompts(self)->list:
         "(positive, negative) prompt of each class."
-        if self.metaclass: return [(f'A photo of a {n}, a type of {self.metaclass}', f'A photo with no {self.metaclass}') for n in self.class_names]
-        return [(f'A photo of a {n}', f'A photo with no {n}') for n in self.class_names]
+        if self.metaclass: return [(fill_prompt('A photo of a {name}, a type of {meta}', name=n, meta=self.metaclass), f'A photo with no {self.metaclass}') for n in self.class_names]
+        return [(fill_prompt('A photo of a {}', n), f'A photo with no {n}') for n in self.class_names]
     def class_scores(self, images):
         f = self._image(images)
         return torch.sigmoid(self.scale * (f @ self.pos.T - f @ self.neg.T)).cpu()   # = softmax([pos, neg])[0]

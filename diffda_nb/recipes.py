@@ -9,11 +9,13 @@ __all__ = ['TASK_TYPES', 'FINETUNE_STAGES', 'METHODS', 'BASELINE', 'check_task',
 
 # %% ../nbs/10_recipes.ipynb #39cdcd4c
 from dataclasses import dataclass, field, asdict
+from fastcore.basics import patch
 from typing import Callable
 import numpy as np
 
 from .generate import Job
 from .utilization import UTILIZATIONS
+from .data import fill_prompt
 
 # %% ../nbs/10_recipes.ipynb #cfe6ffed
 TASK_TYPES = ('coarse', 'fine', 'medical')
@@ -116,50 +118,57 @@ class Recipe:
         bad = set(self.unused) - set(_COMMON)
         if bad: raise ValueError(f"Recipe {self.name!r}: unused {sorted(bad)} are not common parameters {_COMMON}")
 
-    def default_strength(self, task:str)->float:
-        "The recipe's SDEdit strength for a task type (None if it does not use one)."
-        return self.strength.get(check_task(task))
+# %% ../nbs/10_recipes.ipynb #048d6643
+@patch
+def default_strength(self:Recipe, task:str)->float:
+    "The recipe's SDEdit strength for a task type (None if it does not use one)."
+    return self.strength.get(check_task(task))
 
-    def params(self, task:str='coarse', options:dict=None, **overrides)->dict:
-        "The method's full parameter set for a task type: defaults, then `overrides` (None values ignored), then its `options`; `given` lists what was set."
-        p = dict(multiplier=self.multiplier, strength=self.default_strength(task), prompt=self.prompt, p=self.p,
-                 utilization=self.utilization, steps=self.steps, guidance=self.guidance, finetune=_for_task(self.finetune_defaults, task), card=None)
-        unknown = set(overrides) - set(p)
-        if unknown: raise ValueError(f"method {self.name!r}: unknown parameter(s) {sorted(unknown)}; known: {sorted(p)}")
-        unused = sorted(k for k in self.unused if overrides.get(k) not in (None, {}))
-        if unused: raise ValueError(f"method {self.name!r} does not use {unused} (set: {({k: overrides[k] for k in unused})}); remove it from the config")
-        given = sorted(k for k, v in overrides.items() if v not in (None, {}))
-        ft = overrides.pop('finetune', None) or {}
-        p.update({k: v for k, v in overrides.items() if v is not None})
-        for k in set(ft) - set(FINETUNE_STAGES):  # a key given for every step overrides each step's default
-            for sec in p['finetune'].values():
-                if isinstance(sec, dict): sec.pop(k, None)
-        _deep_update(p['finetune'], ft)
-        if options is not None and not isinstance(options, dict): raise TypeError(f"method {self.name!r}: options must be a mapping, got {type(options).__name__}")
-        bad = set(options or {}) - set(self.options)
-        if bad: raise ValueError(f"method {self.name!r}: unknown option(s) {sorted(bad)}; its options are {sorted(self.options) or 'none'}")
-        for k, v in self.options.items(): p[k] = v.for_task(task) if isinstance(v, PerTask) else v
-        p.update({k: v for k, v in (options or {}).items() if v is not None})
-        p['given'] = given + sorted(k for k, v in (options or {}).items() if v is not None)  # what the caller set (the rest are defaults)
-        if self.finetune != 'none': stage_settings(self.stages(p), p['finetune'], self.name)  # a wrong section or field fails here, offline
-        return p
+@patch
+def params(self:Recipe, task:str='coarse', options:dict=None, **overrides)->dict:
+    "The method's full parameter set for a task type: defaults, then `overrides` (None values ignored), then its `options`; `given` lists what was set."
+    p = dict(multiplier=self.multiplier, strength=self.default_strength(task), prompt=self.prompt, p=self.p,
+             utilization=self.utilization, steps=self.steps, guidance=self.guidance, finetune=_for_task(self.finetune_defaults, task), card=None)
+    unknown = set(overrides) - set(p)
+    if unknown: raise ValueError(f"method {self.name!r}: unknown parameter(s) {sorted(unknown)}; known: {sorted(p)}")
+    unused = sorted(k for k in self.unused if overrides.get(k) not in (None, {}))
+    if unused: raise ValueError(f"method {self.name!r} does not use {unused} (set: {({k: overrides[k] for k in unused})}); remove it from the config")
+    given = sorted(k for k, v in overrides.items() if v not in (None, {}))
+    ft = overrides.pop('finetune', None) or {}
+    p.update({k: v for k, v in overrides.items() if v is not None})
+    for k in set(ft) - set(FINETUNE_STAGES):  # a key given for every step overrides each step's default
+        for sec in p['finetune'].values():
+            if isinstance(sec, dict): sec.pop(k, None)
+    _deep_update(p['finetune'], ft)
+    if options is not None and not isinstance(options, dict): raise TypeError(f"method {self.name!r}: options must be a mapping, got {type(options).__name__}")
+    bad = set(options or {}) - set(self.options)
+    if bad: raise ValueError(f"method {self.name!r}: unknown option(s) {sorted(bad)}; its options are {sorted(self.options) or 'none'}")
+    for k, v in self.options.items(): p[k] = v.for_task(task) if isinstance(v, PerTask) else v
+    p.update({k: v for k, v in (options or {}).items() if v is not None})
+    p['given'] = given + sorted(k for k, v in (options or {}).items() if v is not None)  # what the caller set (the rest are defaults)
+    if self.finetune != 'none': stage_settings(self.stages(p), p['finetune'], self.name)  # a wrong section or field fails here, offline
+    return p
 
-    def stages(self, params:dict=None)->list:
-        "The fine-tuning steps in order, e.g. ['ti', 'lora']; ['esd', 'ti'] when the option `erase` is on."
-        if self.finetune == 'none': return []
-        steps = self.finetune.split('+')
-        return (['esd'] if 'erase' in self.options and (params or {}).get('erase', self.options['erase']) else []) + steps
+# %% ../nbs/10_recipes.ipynb #49787fd4
+@patch
+def stages(self:Recipe, params:dict=None)->list:
+    "The fine-tuning steps in order, e.g. ['ti', 'lora']; ['esd', 'ti'] when the option `erase` is on."
+    if self.finetune == 'none': return []
+    steps = self.finetune.split('+')
+    return (['esd'] if 'erase' in self.options and (params or {}).get('erase', self.options['erase']) else []) + steps
 
-    def sampler(self, params:dict):
-        "The `generate.Sampler` that runs this method's jobs (built from its parameters)."
-        from diffda_nb.generate import get_sampler
-        if self.generation == 'none': return None
-        return self.make_sampler(params) if self.make_sampler is not None else get_sampler(self.generation)
+@patch
+def sampler(self:Recipe, params:dict):
+    "The `generate.Sampler` that runs this method's jobs (built from its parameters)."
+    from diffda_nb.generate import get_sampler
+    if self.generation == 'none': return None
+    return self.make_sampler(params) if self.make_sampler is not None else get_sampler(self.generation)
 
-    def jobs(self, train_set, task:str='coarse', seed:int=0, options:dict=None, **overrides)->list:
-        "The generation jobs of this method for a training set (empty for methods that generate nothing)."
-        if self.generation == 'none': return []
-        return self.make_jobs(train_set, self.params(task, options, **overrides), seed)
+@patch
+def jobs(self:Recipe, train_set, task:str='coarse', seed:int=0, options:dict=None, **overrides)->list:
+    "The generation jobs of this method for a training set (empty for methods that generate nothing)."
+    if self.generation == 'none': return []
+    return self.make_jobs(train_set, self.params(task, options, **overrides), seed)
 
 # %% ../nbs/10_recipes.ipynb #43853da9
 METHODS = {}
@@ -192,7 +201,7 @@ def format_prompt(template:str, train_set, label:int)->str:
     "Fill a prompt template with the class's prompt name (`{name}`) and the dataset's meta-class (`{metaclass}`)."
     names = getattr(train_set, 'prompt_names', None) or train_set.classes
     meta = getattr(train_set, 'metaclass', None) or ''
-    try: return ' '.join(template.format(name=names[label], metaclass=meta).split())
+    try: return fill_prompt(template, name=names[label], metaclass=meta)
     except (KeyError, IndexError) as e: raise ValueError(f"prompt template {template!r}: unknown field {e} (use {{name}} and {{metaclass}})") from None
 
 # %% ../nbs/10_recipes.ipynb #7b104680

@@ -57,65 +57,72 @@ class TrainingSet(Dataset):
         self._init_synthetic(manifest, ids)
         self._index_candidates()
 
-    def _init_real(self, real, num_classes):
-        if not (hasattr(real, '__len__') and hasattr(real, 'labels') and (hasattr(real, 'image') or hasattr(real, '__getitem__'))):
-            raise TypeError(f"real must be an ImageDataset-like object with __len__, labels and image(i) or __getitem__, got {type(real).__name__}")
-        self.real, self.real_labels = real, [int(y) for y in real.labels]
-        if len(self.real_labels) != len(real): raise ValueError(f"real: {len(real)} images but {len(self.real_labels)} labels")
-        self.classes = list(getattr(real, 'classes', None) or [])
-        if num_classes is None: num_classes = getattr(real, 'num_classes', None) or len(self.classes) or None
-        if num_classes is None: raise ValueError("num_classes: not given and the real set has no `classes`; pass num_classes=")
-        self.num_classes = _check_int(num_classes, 'num_classes', lo=1)
-        bad = [(i, y) for i, y in enumerate(self.real_labels) if not 0 <= y < self.num_classes]
-        if bad: raise ValueError(f"real: label {bad[0][1]} of image {bad[0][0]} is outside 0..{self.num_classes-1} (num_classes={self.num_classes})")
+# %% ../nbs/20_utilization.ipynb #08738abb
+@patch
+def _init_real(self:TrainingSet, real, num_classes):
+    if not (hasattr(real, '__len__') and hasattr(real, 'labels') and (hasattr(real, 'image') or hasattr(real, '__getitem__'))):
+        raise TypeError(f"real must be an ImageDataset-like object with __len__, labels and image(i) or __getitem__, got {type(real).__name__}")
+    self.real, self.real_labels = real, [int(y) for y in real.labels]
+    if len(self.real_labels) != len(real): raise ValueError(f"real: {len(real)} images but {len(self.real_labels)} labels")
+    self.classes = list(getattr(real, 'classes', None) or [])
+    if num_classes is None: num_classes = getattr(real, 'num_classes', None) or len(self.classes) or None
+    if num_classes is None: raise ValueError("num_classes: not given and the real set has no `classes`; pass num_classes=")
+    self.num_classes = _check_int(num_classes, 'num_classes', lo=1)
+    bad = [(i, y) for i, y in enumerate(self.real_labels) if not 0 <= y < self.num_classes]
+    if bad: raise ValueError(f"real: label {bad[0][1]} of image {bad[0][0]} is outside 0..{self.num_classes-1} (num_classes={self.num_classes})")
 
-    def _init_synthetic(self, manifest, ids):
-        if self.strategy == 'none': self.manifest, self.rows = manifest, []; return
-        if manifest is None: raise ValueError(f"manifest: strategy {self.strategy!r} needs a manifest of synthetic images, got None")
-        if isinstance(manifest, (str, Path)):
-            if not Path(manifest).is_file(): raise FileNotFoundError(f"manifest file not found: {manifest}")
-            manifest = Manifest(manifest)
-        if not isinstance(manifest, Manifest): raise TypeError(f"manifest must be a core.Manifest or a path, got {type(manifest).__name__}")
-        self.manifest = manifest
-        if ids is None: rows = manifest.rows
-        else:
-            unknown = [i for i in ids if i not in manifest]
-            if unknown: raise ValueError(f"ids: {len(unknown)} not in {manifest.path}, e.g. {unknown[:3]}")
-            rows = [manifest[i] for i in ids]
-        if not rows: raise ValueError(f"manifest {manifest.path}: no synthetic rows to use with strategy {self.strategy!r}")
-        used = {r['id'] for r in rows}
-        missing = [i for i in manifest.missing_files() if i in used]
-        if missing: raise FileNotFoundError(f"manifest {manifest.path}: {len(missing)} image file(s) missing, e.g. ids {missing[:3]} "
-                                            f"(first: {manifest.image_path(missing[0])})")
-        n, C = len(self.real_labels), self.num_classes
-        for r in rows: self._check_row(r, n, C)
-        self.rows = rows
+# %% ../nbs/20_utilization.ipynb #7589bb38
+@patch
+def _init_synthetic(self:TrainingSet, manifest, ids):
+    if self.strategy == 'none': self.manifest, self.rows = manifest, []; return
+    if manifest is None: raise ValueError(f"manifest: strategy {self.strategy!r} needs a manifest of synthetic images, got None")
+    if isinstance(manifest, (str, Path)):
+        if not Path(manifest).is_file(): raise FileNotFoundError(f"manifest file not found: {manifest}")
+        manifest = Manifest(manifest)
+    if not isinstance(manifest, Manifest): raise TypeError(f"manifest must be a core.Manifest or a path, got {type(manifest).__name__}")
+    self.manifest = manifest
+    if ids is None: rows = manifest.rows
+    else:
+        unknown = [i for i in ids if i not in manifest]
+        if unknown: raise ValueError(f"ids: {len(unknown)} not in {manifest.path}, e.g. {unknown[:3]}")
+        rows = [manifest[i] for i in ids]
+    if not rows: raise ValueError(f"manifest {manifest.path}: no synthetic rows to use with strategy {self.strategy!r}")
+    used = {r['id'] for r in rows}
+    missing = [i for i in manifest.missing_files() if i in used]
+    if missing: raise FileNotFoundError(f"manifest {manifest.path}: {len(missing)} image file(s) missing, e.g. ids {missing[:3]} "
+                                        f"(first: {manifest.image_path(missing[0])})")
+    n, C = len(self.real_labels), self.num_classes
+    for r in rows: self._check_row(r, n, C)
+    self.rows = rows
 
-    def _check_row(self, r, n, C):
-        where = f"manifest row {r['id']!r}"
-        s = r.get('source_index')
-        if s is not None:
-            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < n:
-                raise ValueError(f"{where}: source_index {s!r} is outside the real set (0..{n-1}); was the manifest made from another split?")
-            sc = r.get('source_class')
-            if sc is not None and int(sc) != self.real_labels[s]:
-                raise ValueError(f"{where}: source_class {sc} but real image {s} has label {self.real_labels[s]}; was the manifest made from another split?")
-        if r.get('label_weights') is None and r.get('target_class') is None: raise ValueError(f"{where}: needs label_weights or target_class")
-        for k in list((r.get('label_weights') or {}).keys()) + [r.get('target_class')]:
-            if k is not None and not 0 <= int(k) < C: raise ValueError(f"{where}: label class {k} is outside 0..{C-1} (num_classes={C})")
-        if self.label_source == 'source' and s is None: raise ValueError(f"{where}: label_source='source' needs a source_index")
-        srcs = r.get('sources')
-        if srcs is not None:
-            if not isinstance(srcs, list) or not srcs or any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) or not 0 <= x < n for x in srcs):
-                raise ValueError(f"{where}: sources {srcs!r} must be a non-empty list of real-image indices in 0..{n-1}")
-            if s is not None and srcs[0] != s: raise ValueError(f"{where}: sources {srcs} must start with source_index {s}")
+@patch
+def _check_row(self:TrainingSet, r, n, C):
+    where = f"manifest row {r['id']!r}"
+    s = r.get('source_index')
+    if s is not None:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < n:
+            raise ValueError(f"{where}: source_index {s!r} is outside the real set (0..{n-1}); was the manifest made from another split?")
+        sc = r.get('source_class')
+        if sc is not None and int(sc) != self.real_labels[s]:
+            raise ValueError(f"{where}: source_class {sc} but real image {s} has label {self.real_labels[s]}; was the manifest made from another split?")
+    if r.get('label_weights') is None and r.get('target_class') is None: raise ValueError(f"{where}: needs label_weights or target_class")
+    for k in list((r.get('label_weights') or {}).keys()) + [r.get('target_class')]:
+        if k is not None and not 0 <= int(k) < C: raise ValueError(f"{where}: label class {k} is outside 0..{C-1} (num_classes={C})")
+    if self.label_source == 'source' and s is None: raise ValueError(f"{where}: label_source='source' needs a source_index")
+    srcs = r.get('sources')
+    if srcs is not None:
+        if not isinstance(srcs, list) or not srcs or any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) or not 0 <= x < n for x in srcs):
+            raise ValueError(f"{where}: sources {srcs!r} must be a non-empty list of real-image indices in 0..{n-1}")
+        if s is not None and srcs[0] != s: raise ValueError(f"{where}: sources {srcs} must start with source_index {s}")
 
-    def _index_candidates(self):
-        self._by_source, self._by_class = {}, {}
-        for k, r in enumerate(self.rows):
-            srcs = r.get('sources') or ([r['source_index']] if r.get('source_index') is not None else [])
-            for s in dict.fromkeys(int(x) for x in srcs): self._by_source.setdefault(s, []).append(k)   # a variant of each of its sources
-            self._by_class.setdefault(_row_class(r), []).append(k)
+# %% ../nbs/20_utilization.ipynb #e22b89d6
+@patch
+def _index_candidates(self:TrainingSet):
+    self._by_source, self._by_class = {}, {}
+    for k, r in enumerate(self.rows):
+        srcs = r.get('sources') or ([r['source_index']] if r.get('source_index') is not None else [])
+        for s in dict.fromkeys(int(x) for x in srcs): self._by_source.setdefault(s, []).append(k)   # a variant of each of its sources
+        self._by_class.setdefault(_row_class(r), []).append(k)
 
 # %% ../nbs/20_utilization.ipynb #f52e3cfc
 @patch

@@ -95,6 +95,13 @@ def test_docs_render(scratch):
         html, _ = HTMLExporter().from_notebook_node(nb)
         assert '<html' in html and len(html) > 1000, p.name
         assert 'Traceback (most recent call last)' not in html, f'{p.name}: a doc cell raised'
+        for c in nb.cells:   # signatures as `show_doc` rendered them (settings.ini's `renderer`)
+            for o in c.get('outputs', []):
+                md = ''.join(o.get('data', {}).get('text/markdown', ''))
+                for sig in re.findall(r'```python\n.*?\n```', md, flags=re.S):
+                    assert ':NoneType' not in sig and not re.search(r'\]\(\S+\)', sig), f'{p.name}: unclean signature {sig[:200]!r}'
+                prose = re.sub(r'```.*?```|`[^`\n]*`', '', md, flags=re.S)
+                assert not re.search(r'<(?!/?(?:a|img|br|span|div|p|code)\b)[A-Za-z_]\w*>', prose), f'{p.name}: an angle-bracketed word would vanish as HTML: {prose[:200]!r}'
 
 def _cell_directives(src):
     return {l[2:].strip().split(':')[0].split()[0] for l in src.splitlines() if l.startswith('#|') and l[2:].strip()}

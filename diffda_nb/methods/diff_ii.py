@@ -14,6 +14,7 @@ import torch
 from fastcore.basics import patch
 from ..generate import Job, Sampler, SamplerBatch, register_sampler, invert, pipe_fingerprint, _num
 from ..recipes import Recipe, PerTask, register, job_seed, job_id
+from ..data import fill_prompt
 
 # %% ../../nbs/14_diff_ii.ipynb #cd30c713
 THETA_EPS = 1e-8   # pairs closer than this angle (radians) are one point: `slerp` uses the finite limit
@@ -179,7 +180,7 @@ def diff_ii_prompt(train_set, # the real training images
         return class_prompt(card, label, template)
     names = getattr(train_set, 'prompt_names', None) or train_set.classes
     meta = getattr(train_set, 'metaclass', None) or ''
-    try: return ' '.join(template.format(token=names[label], name=names[label], metaclass=meta).split())
+    try: return fill_prompt(template, token=names[label], name=names[label], metaclass=meta)
     except (KeyError, IndexError) as e: raise ValueError(f"prompt template {template!r}: unknown field {e} (use {{token}}, {{name}}, {{metaclass}})") from None
 
 # %% ../../nbs/14_diff_ii.ipynb #329451df

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
+from ..data import fill_prompt
 
 # %% ../../nbs/13_gif.ipynb #856d4b9e
 from ..generate import Sampler, register_sampler
@@ -31,7 +32,7 @@ def gif_prompt(template:str, # fields {domain}, {adjective}, {name} (the class's
     "GIF's prompt for one job: the template filled in, runs of spaces collapsed (an empty adjective leaves no double space)."
     names = getattr(train_set, 'prompt_names', None) or train_set.classes
     meta = getattr(train_set, 'metaclass', None) or ''
-    try: text = template.format(domain=domain, adjective=adjective, name=names[label], metaclass=meta)
+    try: text = fill_prompt(template, domain=domain, adjective=adjective, name=names[label], metaclass=meta)
     except (KeyError, IndexError) as e:
         raise ValueError(f"gif: prompt template {template!r}: unknown field {e} (use {{domain}}, {{adjective}}, {{name}}, {{metaclass}})") from None
     return ' '.join(text.split())

@@ -397,12 +397,14 @@ def missing_files(self:Manifest)->list:
 
 # %% ../nbs/00_core.ipynb #4b528a18
 def clean_doc_markdown(md:str)->str:
-    "Tidy `show_doc` markdown: drop inferred `:NoneType` annotations and link syntax in signature blocks, escape `<…>` elsewhere."
+    "Tidy `show_doc` markdown: drop inferred `:NoneType` annotations, links and backticks in signature blocks, escape `<…>` elsewhere."
     out = []
     for i, part in enumerate(re.split(r'(```python\n.*?\n```)', md, flags=re.S)):
         if i % 2:   # a signature block
             part = re.sub(r':NoneType(?==None)', '', part)
-            part = re.sub(r'\[([^\]\n]+)\]\([^)\s]+\)', r'\1', part)
+            head, body, tail = part.split('\n', 1)[0], part.split('\n', 1)[1][:-3], '```'
+            body = re.sub(r'\[([^\]\n]+)\]\([^)\s]+\)', r'\1', body)   # a link is text in a code block,
+            part = head + '\n' + re.sub(r'`([^`\n]*)`', r'\1', body) + tail  # and so is `code` (nbdev would turn it into a link)
         else:       # prose: angle brackets outside `code` are text, not HTML
             part = ''.join(s if s.startswith('`') else re.sub(r'<(?=[\w/])', '&lt;', s) for s in re.split(r'(`[^`\n]*`)', part))
         out.append(part)

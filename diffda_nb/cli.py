@@ -15,7 +15,7 @@ def demo_config(out:str='demo_out', model:str='mini', seeds=(0, 1), shots:int=10
     "The demo's two experiments (baseline and Real Guidance) as `ExperimentConfig`s."
     from diffda_nb.protocol import ExperimentConfig, DataConfig, MethodConfig, GeneratorConfig, ClassifierConfig
     common = dict(out_dir=str(Path(out)/'runs'), seeds=list(seeds), data=DataConfig('fashion_mnist_mini', shots=shots),
-                  generator=GeneratorConfig(model, size=64 if model == 'tiny' else None),
+                  generator=GeneratorConfig(model, size=64 if model in _RANDOM_NAMES else None),
                   classifier=ClassifierConfig('small_cnn', train=dict(epochs=epochs, batch_size=32, lr=0.05, image_size=32)))
     return [ExperimentConfig(name=f'fmnist-{shots}shot-baseline', method=MethodConfig('baseline'), **common),
             ExperimentConfig(name=f'fmnist-{shots}shot-real_guidance', method=MethodConfig('real_guidance', multiplier=2), **common)]
@@ -25,7 +25,7 @@ def _grid_sources(model:str)->tuple:
     "(images, prompts, generation size) of the SDEdit grid: Fashion-MNIST edited to other classes for Mini, photos otherwise."
     from diffda_nb.core import sample_photos
     if model != 'mini':
-        return sample_photos(), ['a photo of a person', 'a photo of a gift box', 'an MRI scan'], 64 if model == 'tiny' else 512
+        return sample_photos(), ['a photo of a person', 'a photo of a gift box', 'an MRI scan'], 64 if model in _RANDOM_NAMES else 512
     from diffda_nb.data import load_dataset
     ds = load_dataset('fashion_mnist_mini', 'test')
     pick = {'t-shirt': 'dress', 'trouser': 'bag', 'sneaker': 'sandal'}
@@ -70,7 +70,7 @@ def real_vs_synthetic(run_dir, out_png, n:int=6)->Path:
 
 # %% ../nbs/40_cli.ipynb #0b89db7f
 def demo(out:str='demo_out', # folder for runs, pictures and the results table
-         model:str='mini', # 'mini' (embedded default: DiffDA-Mini), 'tiny' (random weights), a local diffusers folder or a hub id
+         model:str='mini', # 'mini' (embedded default: DiffDA-Mini), 'tiny-random' (random weights, for tests), a local diffusers folder or a hub id
          seeds=(0, 1), # one experiment per seed
          epochs:int=15, # classifier epochs
          progress:bool=True)->dict:
@@ -105,7 +105,8 @@ def _add_datasets(add):
     s.add_argument('--fetch', nargs='+', metavar='NAME', help='download and unpack these benchmarks (needs internet)')
 
 # %% ../nbs/40_cli.ipynb #e52f88b0
-_TINY_NOTE = ("note: 'tiny' is the Stable-Diffusion-architecture pipeline with RANDOM weights. Its synthetic images carry no "
+_RANDOM_NAMES = ('tiny-random', 'tiny')   # `models.RANDOM_TINY` and its deprecated name (the CLI imports no model code at start)
+_TINY_NOTE = ("note: 'tiny-random' is the Stable-Diffusion-architecture pipeline with RANDOM weights. Its synthetic images carry no "
               "knowledge of the classes: the table shows what they do to the classifier, not what a trained generator would do "
               "(the default, 'mini', is a trained one).")
 
@@ -130,7 +131,7 @@ def _cmd_run(a, until='train'):
         print(yaml.safe_dump(dict(params={k: v for k, v in chk['params'].items() if k not in ('utilization', 'p', 'card')}), sort_keys=False).rstrip())
         for n in chk['notes']: print(f"note: {n}")
         return 0
-    if cfg.generator.model == 'tiny' and cfg.method.name != 'baseline' and dist_rank()[0] == 0: print(_TINY_NOTE, flush=True)   # before the run, not after it
+    if cfg.generator.model in _RANDOM_NAMES and cfg.method.name != 'baseline' and dist_rank()[0] == 0: print(_TINY_NOTE, flush=True)   # before the run, not after it
     res = run_experiment(cfg, force=a.force, progress=not a.quiet, until=until)
     if dist_rank()[0] != 0: return 0   # under torchrun / accelerate launch, rank 0 speaks for the run
     print(res['table'] if res['table'] else f"generation done: {res['run']}")
@@ -163,7 +164,7 @@ def _cmd_methods(a):
 # %% ../nbs/40_cli.ipynb #ad70bc3b
 def _cmd_demo(a):
     res = demo(out=a.out, model=a.model, seeds=a.seeds, epochs=a.epochs, progress=not a.quiet)
-    if a.model == 'tiny': print(_TINY_NOTE)
+    if a.model in _RANDOM_NAMES: print(_TINY_NOTE)
     print(res['table'])
     print(f"wrote {a.out}/results.md, {', '.join(res['pictures'])} in {res['seconds']} s")
     return 0
@@ -207,7 +208,7 @@ def build_parser()->argparse.ArgumentParser:
     rp.add_argument('--dry-run', action='store_true', help='report what would change, change nothing')
     d = add('demo', 'offline few-shot experiment on CPU: baseline vs Real Guidance on Fashion-MNIST, 2 seeds', _cmd_demo)
     d.add_argument('--out', default='demo_out', help='output folder (default: %(default)s)')
-    d.add_argument('--model', default='mini', help="generator: 'mini' (default, DiffDA-Mini), 'tiny' (random weights), a diffusers folder or a hub id")
+    d.add_argument('--model', default='mini', help="generator: 'mini' (default, DiffDA-Mini), 'tiny-random' (random weights, for tests), a diffusers folder or a hub id")
     d.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
     d.add_argument('--epochs', type=int, default=15)
     m = add('train-mini', 'train the DiffDA-Mini world (resumable): VAE, text encoder + UNet, CLIP, feature net; measure it; write its card', _cmd_mini)

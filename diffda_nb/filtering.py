@@ -310,7 +310,7 @@ def filter_spec(d, # None, a method name, or a dict of `FilterSpec` fields
 # %% ../nbs/22_filtering.ipynb #2c1f4149
 def _auto_clip(generator)->str:
     "The Mini CLIP for the DiffDA-Mini and tiny generators (offline), open_clip's ViT-B-32 otherwise."
-    return 'mini' if str(generator).lower() in ('mini', 'tiny') else 'ViT-B-32'
+    return 'mini' if str(generator).lower() in ('mini', 'tiny', 'tiny-random') else 'ViT-B-32'
 
 # %% ../nbs/22_filtering.ipynb #2033841b
 def make_scorer(spec, # a `FilterSpec` (or what `filter_spec` accepts)

@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from .core import write_json, atomic_write, seed_everything, pick_device
+from .models import model_name, RANDOM_TINY
 from .recipes import get_recipe, check_task, stage_settings
 from .utilization import UTILIZATIONS, _RANDOM
 
@@ -49,12 +50,14 @@ class MethodConfig:
 @dataclass
 class GeneratorConfig:
     "The diffusion model used for generation."
-    model: str = 'tiny' # 'tiny', an alias ('sd1.5', 'sd2.1', 'sd3.5'), a hub id, or a local diffusers folder
+    model: str = 'tiny-random' # 'tiny-random' (random weights, for tests), 'mini', an alias ('sd1.5', 'sd2.1', 'sd3.5'), a hub id, or a local diffusers folder
     scheduler: str = 'dpm++'
-    size: int = None # generation size (None: 64 for 'tiny', else the model's own)
+    size: int = None # generation size (None: 64 for 'tiny-random', else the model's own)
     dtype: str = None # None: fp32 on CPU, bf16/fp16 on GPU
     batch_size: object = 'auto'
     device: str = None
+
+    def __post_init__(self): self.model = model_name(self.model)   # the deprecated 'tiny' is recorded as 'tiny-random'
 
 # %% ../nbs/30_protocol.ipynb #58876a05
 @dataclass
@@ -228,10 +231,10 @@ def check_config(cfg:ExperimentConfig)->dict:
         notes.append(f"data.name: {cfg.data.name!r} is not a built-in dataset and no such folder exists here (needed for a real run)")
     from diffda_nb.benchmarks import dataset_note   # a benchmark (07_benchmarks) that is not on disk: the command that fetches it
     if dataset_note(cfg.data.name, cfg.data.root): notes.append(dataset_note(cfg.data.name, cfg.data.root))
-    if r['recipe'].generation != 'none' and cfg.generator.model == 'tiny':
-        notes.append("generator.model: 'tiny' (the default) has RANDOM weights, for tests: its images know nothing of the classes; "
+    if r['recipe'].generation != 'none' and cfg.generator.model == RANDOM_TINY:
+        notes.append("generator.model: 'tiny-random' (the default) has RANDOM weights, for tests: its images know nothing of the classes; "
                      "set generator.model to 'mini' (the shipped DiffDA-Mini), 'sd1.5' or a diffusers folder")
-    if r['recipe'].generation != 'none' and cfg.generator.model not in ('tiny', 'mini', 'mini-ip2p') and not Path(cfg.generator.model).expanduser().is_dir():
+    if r['recipe'].generation != 'none' and cfg.generator.model not in (RANDOM_TINY, 'mini', 'mini-ip2p') and not Path(cfg.generator.model).expanduser().is_dir():
         notes.append(f"generator.model: {cfg.generator.model!r} is loaded from the hub cache or downloaded ({MODEL_ALIASES.get(cfg.generator.model, cfg.generator.model)})")
     if cfg.classifier.pretrained is True: notes.append('classifier.pretrained: torchvision ImageNet weights must be cached or downloadable (or give a local file)')
     return dict(method=r['recipe'].name, params=r['params'], utilization=r['strategy'], p=r['p'], notes=notes)
@@ -426,7 +429,7 @@ def load_chain(pipe, # a fresh pipeline of the base model
         load_finetuned(pipe, folder, parts=parts)
     return pipe
 
-def _gen_size(cfg)->int: return cfg.generator.size or (64 if cfg.generator.model == 'tiny' else None)
+def _gen_size(cfg)->int: return cfg.generator.size or (64 if cfg.generator.model == RANDOM_TINY else None)
 
 # %% ../nbs/30_protocol.ipynb #74aa97cd
 def _finetune(cfg, r, train, seed, folder:Path, force:bool, progress:bool=True)->tuple:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, asdict
 from typing import Callable
 import numpy as np
 
-from .generate import Job
+from .jobs import Job
 from .utilization import UTILIZATIONS
 
 # %% ../nbs/10_recipes.ipynb #cfe6ffed
@@ -152,7 +152,7 @@ class Recipe:
 
     def sampler(self, params:dict):
         "The `generate.Sampler` that runs this method's jobs (built from its parameters)."
-        from diffda_nb.generate import get_sampler
+        from diffda_nb.engine import get_sampler
         if self.generation == 'none': return None
         return self.make_sampler(params) if self.make_sampler is not None else get_sampler(self.generation)
 

@@ -105,7 +105,7 @@ def synthetic_sources(n, size, seed=0):
 
 
 def make_jobs(n, strengths, args, prefix):
-    from diffda_nb.generate import Job
+    from diffda_nb.jobs import Job
     return [Job(f'{prefix}{i:05d}', source_index=i, prompt=f'a photo of a {CLASSES[i % len(CLASSES)]}', strength=float(strengths[i]),
                 num_inference_steps=args.steps, guidance_scale=args.guidance, seed=i, source_class=i % len(CLASSES),
                 target_class=i % len(CLASSES), method='bench') for i in range(n)]
@@ -179,7 +179,7 @@ def run(args):
     import diffusers
     from diffda_nb.core import pick_device, pick_dtype
     diffusers.utils.logging.set_verbosity_error()   # no "modules kept in float32" / config chatter in the report
-    from diffda_nb.generate import generate_arrays
+    from diffda_nb.engine import generate_arrays
     device = pick_device('cpu' if args.smoke and args.device is None else args.device)
     dtype = pick_dtype(device, args.dtype)
     compile_models = device.type == 'cuda' and not args.no_compile and not args.smoke

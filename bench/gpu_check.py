@@ -40,14 +40,14 @@ ABOUT = {'generation': 'bench/generation.py (a)-(e) in two halves',
 # every JSON records the seconds each piece really took).
 EXPECTED = {
     'generation': {'cde': 420, 'ab': 150},   # the engine's figures first: (a)-(b) fit into a short second command
-    'gpu_cells': {'static': 5, '02_models': 150, '04_finetune': 180, '05_generate': 660, '13_gif': 180,
+    'gpu_cells': {'static': 5, '02_models': 150, '04_finetune': 180, '05b_generate': 660, '13_gif': 180,
                   '14_diff_ii': 180, '15_distdiff': 180, '17_diff_mix': 180, '21_classifier': 120, '32_mini': 3600},
     'finetune': {'textual_inversion': 90, 'lora': 90, 'ti_then_lora': 150},
     'classifier': {'resnet50-eager': 60, 'resnet50-compile': 150, 'small_cnn-eager': 30, 'small_cnn-compile': 60},
     'mini_gpu': {'train': 480},
 }
 # Notebooks whose gpu cell another part measures, and which cannot fit one 10-minute command: run with --all-notebooks.
-NB_COVERED = {'05_generate': 'its gpu cell runs bench/generation.py in full (~10 min): part generation measures the same',
+NB_COVERED = {'05b_generate': 'its gpu cell runs bench/generation.py in full (~10 min): part generation measures the same',
               '32_mini': "its gpu cell trains the whole 'gpu' recipe (far over 10 min) on the full Fashion-MNIST: "
                          "part mini_gpu times that recipe within the budget"}
 MINI_STAGES = {'VAE': 'vae', 'UNet + text encoder': 'generator', 'CLIP': 'clip', 'feature net': 'features'}

@@ -31,7 +31,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from .core import atomic_write, grid_image, make_generator, pick_device, tensor_to_pil, to_rgb, write_json
 from .data import FASHION_MNIST_PROMPT_NAMES, load_dataset
-from .generate import Job, generate_arrays
+from .jobs import Job
+from .engine import generate_arrays
 from .models import clip_tokenizer, load_sd, mini_path, _SD_SCHEDULER, _CLIP_CONTEXT
 
 # %% ../nbs/32_mini.ipynb #dd2bc996

@@ -13,7 +13,7 @@ from fastcore.basics import patch
 from typing import Callable
 import numpy as np
 
-from .generate import Job
+from .jobs import Job
 from .utilization import UTILIZATIONS
 from .data import fill_prompt
 
@@ -160,7 +160,7 @@ def stages(self:Recipe, params:dict=None)->list:
 @patch
 def sampler(self:Recipe, params:dict):
     "The `generate.Sampler` that runs this method's jobs (built from its parameters)."
-    from diffda_nb.generate import get_sampler
+    from diffda_nb.engine import get_sampler
     if self.generation == 'none': return None
     return self.make_sampler(params) if self.make_sampler is not None else get_sampler(self.generation)
 

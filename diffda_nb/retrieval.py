@@ -18,7 +18,8 @@ from PIL import Image
 
 from .core import atomic_write, write_json, to_rgb
 from .data import ImageDataset
-from .generate import Sampler, SamplerBatch, Job, register_sampler, prepare_source, _to_model_input
+from .jobs import Job, prepare_source, _to_model_input
+from .engine import Sampler, SamplerBatch, register_sampler
 
 # %% ../nbs/24_retrieval.ipynb #4726f865
 def no_ws(name:str)->str:

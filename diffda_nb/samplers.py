@@ -15,7 +15,9 @@ import torch
 from PIL import Image
 from diffusers.utils.torch_utils import randn_tensor
 
-from .generate import Job, Sampler, SamplerBatch, register_sampler, get_sampler, generate, generate_arrays, merge_manifests
+from .jobs import Job
+from .engine import Sampler, SamplerBatch, register_sampler, get_sampler, generate_arrays
+from .generate import generate, merge_manifests
 
 # %% ../nbs/06_samplers.ipynb #6721d104
 class Text2ImageSampler(Sampler):
@@ -55,7 +57,9 @@ _WORKER = textwrap.dedent('''
     import torch; torch.set_num_threads(1)
     from PIL import Image
     from diffda_nb.models import load_sd
-    from diffda_nb.generate import Job, generate, get_sampler
+    from diffda_nb.jobs import Job
+    from diffda_nb.engine import get_sampler
+    from diffda_nb.generate import generate
     spec = json.load(open(sys.argv[1]))
     pipe = load_sd(spec['model'], device='cpu', **spec['load'])
     srcs = [Image.open(p) for p in spec['sources']]
@@ -93,7 +97,8 @@ def check_resume_and_shards(model:str, # 'mini', 'tiny' or any `models.load_sd` 
                            )->dict:
     "Assert that a run killed by SIGKILL and resumed, and a run sharded over 2 processes, give the pixels of one uninterrupted run; returns what happened."
     from diffda_nb.models import load_sd, quiet_loading
-    from diffda_nb.generate import check_jobs, canonical_plan, _batch_size
+    from diffda_nb.jobs import check_jobs, canonical_plan
+    from diffda_nb.engine import _batch_size
     options, load = dict(options or {}), dict(load or {})
     smp = get_sampler(sampler, **options)
     jobs = check_jobs(jobs, num_sources=len(source_images), sampler=smp)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..recipes import Recipe, register, sdedit_jobs
-from ..generate import Job, register_sampler
+from ..jobs import Job
+from ..engine import register_sampler
 from ..samplers import Text2ImageSampler
 from ..finetune import CLIP_TEMPLATES
 

@@ -12,7 +12,9 @@ import math, warnings
 import numpy as np
 import torch
 from fastcore.basics import patch
-from ..generate import Job, Sampler, SamplerBatch, register_sampler, invert, pipe_fingerprint, _num
+from ..jobs import Job, _num
+from ..engine import Sampler, SamplerBatch, register_sampler, pipe_fingerprint
+from ..inversion import invert
 from ..recipes import Recipe, PerTask, register, job_seed, job_id
 from ..data import fill_prompt
 

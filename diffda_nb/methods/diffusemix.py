@@ -19,7 +19,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 # %% ../../nbs/16_diffusemix.ipynb #3fe94066
 from ..core import cache_root, save_image
-from ..generate import Job, Sampler, SamplerBatch, register_sampler, _keep_format
+from ..jobs import Job
+from ..engine import Sampler, SamplerBatch, register_sampler, _keep_format
 from ..recipes import Recipe, register, job_seed, job_id
 
 # %% ../../nbs/16_diffusemix.ipynb #a56a98f1
@@ -317,7 +318,8 @@ def diffusemix_stages(pipe, # an InstructPix2Pix pipeline
                       sampler:DiffuseMixSampler=None, # its settings (default: DiffuseMix's)
                       size=None, batch_size='auto')->dict:
     "Every stage of every job, each N×3×H×W in [0, 1]: 'original', 'edit', 'hybrid', 'fractal' and 'final' (what the sampler outputs)."
-    from diffda_nb.generate import generate_arrays, prepare_source, source_content, _size_tuple, _source
+    from diffda_nb.jobs import prepare_source, source_content, _size_tuple, _source
+    from diffda_nb.engine import generate_arrays
     sampler = sampler or DiffuseMixSampler()
     edit = torch.from_numpy(generate_arrays(pipe, jobs, source_images, size, batch_size, sampler=IP2PSampler(sampler.image_guidance, sampler.required_scheduler)))
     edit = edit.permute(0, 3, 1, 2)

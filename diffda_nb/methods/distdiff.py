@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 
 # %% ../../nbs/15_distdiff.ipynb #8b34c27e
-from ..generate import Job, Sampler, SamplerBatch, register_sampler
+from ..jobs import Job
+from ..engine import Sampler, SamplerBatch, register_sampler
 from ..recipes import Recipe, register, sdedit_jobs
 
 # %% ../../nbs/15_distdiff.ipynb #7786f39d

@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from ..data import fill_prompt
 
 # %% ../../nbs/13_gif.ipynb #856d4b9e
-from ..generate import Sampler, register_sampler
+from ..engine import Sampler, register_sampler
 from ..recipes import Recipe, register, PerTask, sdedit_jobs
 
 # %% ../../nbs/13_gif.ipynb #dea028e7

@@ -34,7 +34,7 @@ def load_clip(name:str='mini', # 'mini' (the DiffDA-Mini CLIP) or an open_clip m
     "(model, preprocess: PIL → tensor, tokenizer) of a CLIP, float32, eval mode, frozen."
     import open_clip
     if name == 'mini':
-        from diffda_nb.mini import load_mini_clip
+        from diffda_nb.mini_world import load_mini_clip
         model, pre, tok = load_mini_clip(device=device)
     else:
         model, _, pre = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)

@@ -148,12 +148,12 @@ class MiniFeatures(FeatureExtractor):
     name = 'mini'
     def __init__(self, folder=None, # a folder written by `mini.save_feature_net` (default: the shipped one)
                  device='cpu'):
-        from diffda_nb.mini import load_feature_net
+        from diffda_nb.mini_world import load_feature_net
         self.net, self.device, self.folder = load_feature_net(folder, device), device, folder
     def settings(self): return dict(name=self.name, dim=4 * self.net.width, weights=_weights_digest(self.net))
     @torch.no_grad()
     def __call__(self, images):
-        from diffda_nb.mini import to_mini_tensor
+        from diffda_nb.mini_world import to_mini_tensor
         return self.net.features(to_mini_tensor(list(images)).to(self.device)).float().cpu()
 
 # %% ../nbs/23_metrics.ipynb #7c12104f

@@ -21,8 +21,8 @@ from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler, StableDiff
 
 # %% ../nbs/33_mini_ip2p.ipynb #344e7faa
 from .core import atomic_write, pick_device, write_json
-from .mini import (HELD_OUT, _fit, _hardware, _thin, _tokens, _fresh_tmp, _replace_dir, classify, load_feature_net, mini_arrays,
-                            seen_labels, to_mini_tensor, weights_mb)
+from .mini import _fit, _hardware, _thin, _tokens, _fresh_tmp, _replace_dir
+from .mini_world import HELD_OUT, classify, load_feature_net, mini_arrays, seen_labels, to_mini_tensor, weights_mb
 from .models import clip_tokenizer, load_sd, mini_path, _SD_SCHEDULER
 
 # %% ../nbs/33_mini_ip2p.ipynb #93c03796

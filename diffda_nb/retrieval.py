@@ -61,7 +61,7 @@ def load_clip_encoder(name='mini', # 'mini' (chapter 32's Mini CLIP) or an open_
                       device='cpu')->ClipEncoder:
     "A `ClipEncoder` for retrieval."
     if str(name) == 'mini':
-        from diffda_nb.mini import load_mini_clip
+        from diffda_nb.mini_world import load_mini_clip
         return ClipEncoder(*load_mini_clip(device=device), name='mini', device=device)
     import open_clip
     folder = Path(str(name).removeprefix('local-dir:')).expanduser()
@@ -323,7 +323,7 @@ def mini_pool(held_out:bool=False, # True: keep the classes held out of the Mini
               limit:int=None # the first `limit` images only (quick runs)
              )->Pool:
     "Fashion-MNIST's training images as a pool: by default only the classes the Mini generator and CLIP were trained on (their 'pre-training data')."
-    from diffda_nb.mini import seen_labels
+    from diffda_nb.mini_world import seen_labels
     ds = load_fashion_mnist_train()
     keep = np.arange(len(ds)) if held_out else np.flatnonzero(np.isin(np.asarray(ds.labels), seen_labels()))
     if limit is not None: keep = keep[:int(limit)]

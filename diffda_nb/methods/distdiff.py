@@ -25,7 +25,7 @@ from ..recipes import Recipe, register, sdedit_jobs
 
 # %% ../../nbs/15_distdiff.ipynb #7786f39d
 def signed_unit(x:torch.Tensor)->torch.Tensor:
-    "Images in [0, 1] → [-1, 1], the Mini models' input (what `mini.to_mini_tensor` computes from 8-bit pixels)."
+    "Images in [0, 1] → [-1, 1], the Mini models' input (what `mini_world.to_mini_tensor` computes from 8-bit pixels)."
     return x * 2 - 1
 
 def resize_normalize(size:int, mean, std, mode:str='bicubic'):
@@ -111,10 +111,10 @@ def load_extractor(name:str='mini', # 'mini', 'mini_clip', 'resnet50' or 'clip' 
                    device='cpu')->FeatureExtractor:
     "A built-in `FeatureExtractor`: the Mini feature network or Mini CLIP (offline), a torchvision ResNet-50, or open_clip's CLIP ViT-B/32."
     if name == 'mini':
-        from diffda_nb.mini import load_feature_net
+        from diffda_nb.mini_world import load_feature_net
         return FeatureExtractor('mini', _Method(load_feature_net(weights, device=device), 'features'), signed_unit, 'cnn', (32, 32), True, weights)
     if name == 'mini_clip':
-        from diffda_nb.mini import load_mini_clip
+        from diffda_nb.mini_world import load_mini_clip
         return FeatureExtractor('mini_clip', _Method(load_mini_clip(weights, device=device)[0], 'encode_image'), signed_unit, 'clip', (32, 32), True, weights)
     if name == 'resnet50':
         import torchvision

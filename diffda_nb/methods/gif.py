@@ -123,7 +123,7 @@ def load_gif_clip(name:str='mini', # 'mini' (the DiffDA-Mini CLIP) or an open_cl
     "(model, preprocess config, tokenizer) of the CLIP that scores GIF's images: float32, eval mode, frozen (kept for the next call)."
     import open_clip
     if name == 'mini':
-        from diffda_nb.mini import load_mini_clip
+        from diffda_nb.mini_world import load_mini_clip
         model, _, tok = load_mini_clip(device=device)
     else:
         model = open_clip.create_model(name, pretrained=pretrained, device=device)

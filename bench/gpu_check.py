@@ -40,7 +40,7 @@ ABOUT = {'generation': 'bench/generation.py (a)-(e) in two halves',
 # every JSON records the seconds each piece really took).
 EXPECTED = {
     'generation': {'cde': 420, 'ab': 150},   # the engine's figures first: (a)-(b) fit into a short second command
-    'gpu_cells': {'static': 5, '02_models': 150, '04_finetune': 180, '05b_generate': 660, '13_gif': 180,
+    'gpu_cells': {'static': 5, '02_models': 150, '04b_lora': 180, '05b_generate': 660, '13_gif': 180,
                   '14_diff_ii': 180, '15_distdiff': 180, '17_diff_mix': 180, '21_classifier': 120, '32_mini': 3600},
     'finetune': {'textual_inversion': 90, 'lora': 90, 'ti_then_lora': 150},
     'classifier': {'resnet50-eager': 60, 'resnet50-compile': 150, 'small_cnn-eager': 30, 'small_cnn-compile': 60},
@@ -436,11 +436,12 @@ def build_pipe(ctx):
     return pipe, dev, dtype
 
 def run_finetune(ctx, piece):
-    "Mirrors nbs/04_finetune.ipynb's gpu cell: a fresh pipeline per method, steady-state steps/s from the step callback."
+    "Mirrors nbs/04b_lora.ipynb's gpu cell: a fresh pipeline per method, steady-state steps/s from the step callback."
     import numpy as np
     from PIL import Image
     from diffda_nb.data import ImageDataset
-    from diffda_nb.finetune import TIConfig, LoRAConfig, train_textual_inversion, train_lora
+    from diffda_nb.textual_inversion import TIConfig, train_textual_inversion
+    from diffda_nb.lora import LoRAConfig, train_lora
     s = ctx.s
     reset_peak()
     t_build = time.perf_counter()

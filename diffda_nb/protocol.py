@@ -43,7 +43,7 @@ class MethodConfig:
     prompt: str = None
     steps: int = None
     guidance: float = None
-    finetune: dict = field(default_factory=dict) # stage ① overrides, e.g. {steps: 500} (fields of finetune.TIConfig)
+    finetune: dict = field(default_factory=dict) # stage ① overrides, e.g. {steps: 500} (fields of textual_inversion.TIConfig)
     options: dict = field(default_factory=dict) # the method's own options (see `diffda methods`), e.g. {epsilon: 0.1} for GIF
 
 # %% ../nbs/30_protocol.ipynb #e4024838
@@ -407,13 +407,13 @@ _CHAIN_PARTS = dict(textual_inversion=('embeddings',), pseudoword_dm=('unet', 'e
 
 def _finetune_step(step:str, pipe, train, settings:dict, out:Path, chain:list):
     "Run one fine-tuning step on `pipe` (already carrying the earlier steps), writing `out`."
-    from diffda_nb import finetune
-    if step == 'ti': return finetune.train_textual_inversion(pipe, train, settings, out_dir=out)
+    from diffda_nb import finetune, textual_inversion, lora, erasure, conditioning
+    if step == 'ti': return textual_inversion.train_textual_inversion(pipe, train, settings, out_dir=out)
     if step == 'lora':
         ti = next((c for c in reversed(chain) if finetune.read_card(c).get('embeddings')), None)
-        return finetune.train_lora(pipe, train, settings, out_dir=out, ti_dir=ti)
-    if step == 'esd': return finetune.erase_concepts(pipe, list(train.prompt_names), settings, out_dir=out, dataset=train)
-    if step == 'cond': return finetune.train_conditioning(pipe, train, settings, out_dir=out)
+        return lora.train_lora(pipe, train, settings, out_dir=out, ti_dir=ti)
+    if step == 'esd': return erasure.erase_concepts(pipe, list(train.prompt_names), settings, out_dir=out, dataset=train)
+    if step == 'cond': return conditioning.train_conditioning(pipe, train, settings, out_dir=out)
     raise ValueError(f"fine-tuning step {step!r}: unknown")
 
 # %% ../nbs/30_protocol.ipynb #1c74ad74

@@ -48,17 +48,18 @@ def _deep_update(base:dict, new:dict)->dict:
 # %% ../nbs/10_recipes.ipynb #99b01af5
 _COMMON = ('multiplier', 'strength', 'prompt', 'steps', 'guidance', 'finetune')
 
-FINETUNE_STAGES = dict(ti='TIConfig', lora='LoRAConfig', esd='ESDConfig', cond='CondConfig')  # a fine-tuning step → its settings class in `finetune`
+FINETUNE_STAGES = dict(ti='TIConfig', lora='LoRAConfig', esd='ESDConfig', cond='CondConfig')  # a fine-tuning step → its settings class …
+_STAGE_MODULES = dict(ti='textual_inversion', lora='lora', esd='erasure', cond='conditioning')  # … and the module defining it (chapters 04a–04d)
 
 def stage_settings(stages:list, # fine-tuning steps in order, e.g. ['ti', 'lora']
                    finetune:dict, # the method's `finetune` parameters: a section per step, other keys shared by every step
                    method:str='method' # named in errors
                   )->dict:
     "{step: settings} for each step: the shared keys, then the step's own section; unknown sections and fields are errors."
-    import dataclasses, diffda_nb.finetune as ft
+    import dataclasses, importlib
     unknown = [s for s in stages if s not in FINETUNE_STAGES]
     if unknown: raise ValueError(f"{method}: fine-tuning step(s) {unknown} are not supported by the protocol yet (known: {sorted(FINETUNE_STAGES)})")
-    names = {s: {f.name for f in dataclasses.fields(getattr(ft, FINETUNE_STAGES[s]))} for s in stages}
+    names = {s: {f.name for f in dataclasses.fields(getattr(importlib.import_module(f'diffda_nb.{_STAGE_MODULES[s]}'), FINETUNE_STAGES[s]))} for s in stages}
     shared = {k: v for k, v in finetune.items() if k not in FINETUNE_STAGES}
     extra = sorted(k for k in finetune if k in FINETUNE_STAGES and k not in stages)
     if extra: raise ValueError(f"{method}: finetune section(s) {extra} are not steps of this method (its steps: {stages})")

@@ -20,7 +20,7 @@ from ..recipes import Recipe, register, sdedit_jobs
 from ..jobs import Job
 from ..engine import register_sampler
 from ..samplers import Text2ImageSampler
-from ..finetune import CLIP_TEMPLATES
+from ..textual_inversion import CLIP_TEMPLATES
 
 # %% ../../nbs/18_burg.ipynb #b72693f8
 PLACES = ('airport terminal', 'alley', 'amusement park', 'art gallery', 'attic', 'bakery shop', 'balcony', 'ballroom', 'bathroom', 'beach',
@@ -126,7 +126,7 @@ def prompt_jobs(train_set, # the real training images
 
 # %% ../../nbs/18_burg.ipynb #5fc9a35e
 class CondText2ImageSampler(Text2ImageSampler):
-    "Text-to-image from learned conditionings: job.params['cond'] names one of `embeds` ({key: 77×D tensor}, `finetune.load_conditionings`)."
+    "Text-to-image from learned conditionings: job.params['cond'] names one of `embeds` ({key: 77×D tensor}, `conditioning.load_conditionings`)."
     name = 'cond_txt2img'
     def __init__(self, embeds:dict=None): self.embeds = embeds
     def settings(self)->dict: return dict(conditionings=sorted(self.embeds or {}))
@@ -143,7 +143,7 @@ register_sampler('cond_txt2img', CondText2ImageSampler);
 
 def cond_jobs(train_set, params:dict, seed:int, method:str)->list:
     "M text-to-image jobs per real image from its learned conditioning (its own cluster's)."
-    from diffda_nb.finetune import conditioning_keys
+    from diffda_nb.conditioning import conditioning_keys
     card = params.get('card')
     if not card or not card.get('conditionings'): raise ValueError(f"{method}: needs the card of a generator with learned conditionings (params['card']); run stage ① first")
     keys = conditioning_keys(card, train_set.labels, images=list(range(len(train_set))))
@@ -152,7 +152,7 @@ def cond_jobs(train_set, params:dict, seed:int, method:str)->list:
     return jobs
 
 def _cond_sampler(params:dict):
-    from diffda_nb.finetune import load_conditionings
+    from diffda_nb.conditioning import load_conditionings
     card = params.get('card')
     return CondText2ImageSampler(load_conditionings(card['folder']) if card and card.get('folder') else None)
 
@@ -195,7 +195,7 @@ IMAGIC = _cond_recipe('imagic', 'Imagic (conditioning & DM)', unet_lr=2e-6)
 
 def ti_jobs(train_set, params:dict, seed:int, method:str)->list:
     "M text-to-image jobs per real image: a TI template (`params['templates']`) with the class's token."
-    from diffda_nb.finetune import class_prompt, _templates
+    from diffda_nb.finetune import class_prompt; from diffda_nb.textual_inversion import _templates
     card = params.get('card')
     if not card or not card.get('tokens'): raise ValueError(f"{method}: needs the card of a Textual-Inversion generator (params['card']); run stage ① first")
     temps = _templates(params['templates'])

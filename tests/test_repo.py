@@ -162,10 +162,12 @@ def test_outputs_have_no_stderr_progress_or_machine_paths():
     assert not bad, 'clear or re-run these outputs:\n' + '\n'.join(bad)
 
 def test_sidebar_lists_every_notebook_once():
-    "The grouped sidebar (nbs/sidebar.yml, custom_sidebar = True) holds every page of the site exactly once, and nothing else."
+    "The grouped sidebar (in _quarto.yml; custom_sidebar = True) holds every page of the site exactly once, and nothing else."
     import yaml
     from collections import Counter
-    side = yaml.safe_load((ROOT/'nbs'/'sidebar.yml').read_text())['website']['sidebar']['contents']
+    quarto = yaml.safe_load((ROOT/'_quarto.yml').read_text())
+    side = quarto['website']['sidebar']['contents']
+    assert 'sidebar.yml' not in quarto.get('metadata-files', []) and not (ROOT/'nbs'/'sidebar.yml').exists(), 'one sidebar: _quarto.yml'
     def walk(items):
         for it in items:
             if isinstance(it, dict): yield from walk(it.get('contents', []))
@@ -173,5 +175,5 @@ def test_sidebar_lists_every_notebook_once():
     listed = Counter(walk(side))
     pages = {p.relative_to(ROOT/'nbs').as_posix() for p in _site_notebooks()}
     assert not [k for k, v in listed.items() if v > 1], f'listed twice: {[k for k, v in listed.items() if v > 1]}'
-    assert set(listed) == pages, f'missing from nbs/sidebar.yml: {sorted(pages - set(listed))}; listed but not a notebook: {sorted(set(listed) - pages)}'
+    assert set(listed) == pages, f'missing from the sidebar in _quarto.yml: {sorted(pages - set(listed))}; listed but not a notebook: {sorted(set(listed) - pages)}'
     assert 'custom_sidebar = True' in (ROOT/'settings.ini').read_text(), 'settings.ini must say custom_sidebar = True, or nbdev_docs rewrites the sidebar'

@@ -84,8 +84,8 @@ def build_sd15(device, dtype, seed=0):
 def build_pipe(args, device, dtype):
     import torch
     if args.smoke:
-        from diffda_nb.models import tiny_sd
-        pipe = tiny_sd(sample_size=args.size)
+        from diffda_nb.models import tiny_random_sd
+        pipe = tiny_random_sd(sample_size=args.size)
         for m in (pipe.unet, pipe.vae, pipe.text_encoder): m.to(device=device, dtype=dtype)
         return pipe
     return build_sd15(device, dtype)
@@ -251,7 +251,7 @@ def run(args):
     out = dict(device=dev_name, device_type=device.type, date=datetime.date.today().isoformat(),
                versions=dict(python=platform.python_version(), torch=torch.__version__, diffusers=diffusers.__version__,
                              cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if device.type == 'cuda' else None),
-               config=dict(model='tiny_sd (smoke)' if args.smoke else 'SD 1.5 architecture, random weights', size=args.size,
+               config=dict(model='tiny_random_sd (smoke)' if args.smoke else 'SD 1.5 architecture, random weights', size=args.size,
                            scheduler='DPM-Solver++ (dpmsolver++, order 2)', steps=args.steps, strength=args.strength,
                            guidance=args.guidance, jobs=args.jobs, single_timed=args.single, batch_b=args.batch_b, batch=args.batch,
                            dtype=str(dtype).replace('torch.', ''), compile=compile_models, smoke=args.smoke),

@@ -175,7 +175,7 @@ def settings(part, dry, opts):
         return dict(force_flags=['gpu'], skip_flags=[f for f in tst_flags() if f != 'gpu'], runner='nbdev.test.test_nb',
                     all_notebooks=opts.get('all_notebooks', False), only=opts.get('notebooks'))
     if part == 'finetune':
-        return pick(dict(model=('tiny_sd (txt2img)', 'SD 1.5 architecture, random weights (bench/generation.py build_sd15)'),
+        return pick(dict(model=('tiny_random_sd (txt2img)', 'SD 1.5 architecture, random weights (bench/generation.py build_sd15)'),
                          resolution=(64, 512), batch_size=(2, 8), steps=(6, 30), warmup=(2, 5), images=(4, 16),
                          mixed_precision=('no', 'bf16'), lora_rank=8, ti_vectors=4, checkpoint_every=0))
     if part == 'classifier':
@@ -427,8 +427,8 @@ def build_pipe(ctx):
     dev = pick_device('cpu' if ctx.dry else 'cuda'); dtype = pick_dtype(dev)
     torch.manual_seed(0)
     if ctx.dry:
-        from diffda_nb.models import tiny_sd
-        pipe = tiny_sd('txt2img', sample_size=ctx.s['resolution']).to(dev, dtype)
+        from diffda_nb.models import tiny_random_sd
+        pipe = tiny_random_sd('txt2img', sample_size=ctx.s['resolution']).to(dev, dtype)
     else:
         sys.path.insert(0, str(BENCH))
         from generation import build_sd15

@@ -24,7 +24,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from PIL import Image, ImageDraw
 
 from .core import atomic_write, images_to_tensor, pick_device, pick_dtype, write_json
-from .data import ImageDataset
+from .data import ImageDataset, fill_prompt
 
 # %% ../nbs/04_finetune.ipynb #7c9d03d6
 def toy_shapes(n_per_class=4, size=32, seed=0):
@@ -183,8 +183,8 @@ def _fingerprint(ds, labels)->str:
     return hashlib.sha1(json.dumps([list(map(str, ds.classes)), labels]).encode()).hexdigest()[:12]
 
 def _fill(template:str, **kw)->str:
-    "`template` with its `{fields}` filled, runs of spaces collapsed."
-    return re.sub(r'\s+', ' ', template.format(**kw)).strip()
+    "`template` with its `{fields}` filled (an article before a field agrees with it: `data.fill_prompt`), runs of spaces collapsed."
+    return fill_prompt(template, **kw)
 
 @torch.no_grad()
 def _encode_latents(vae, ds, resolution:int, flip:bool, batch:int=8):
@@ -519,7 +519,7 @@ def load_finetuned(pipe_or_base, # a pipeline; a model name/folder for `diffda_n
                    kind:str='img2img', # pipeline kind when a model is loaded
                    device=None, dtype=None, # passed to `load_sd` when a model is loaded
                    parts=('unet', 'embeddings', 'lora'), # what to apply of what the card lists (a chain of step folders applies each step's own part)
-                   **kwargs # more `load_sd` arguments (e.g. `sample_size` for 'tiny')
+                   **kwargs # more `load_sd` arguments (e.g. `sample_size` for 'tiny-random')
                   ):
     "Apply a fine-tuned generator folder to a pipeline, as its card says: tuned UNet, then TI tokens, then LoRA. Returns the pipeline."
     folder = Path(folder); card = read_card(folder)

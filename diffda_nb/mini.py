@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .core import atomic_write, grid_image, pick_device, tensor_to_pil, write_json
+from .data import fill_prompt
 from .jobs import Job
 from .engine import generate_arrays
 from .models import clip_tokenizer, load_sd, mini_path, _SD_SCHEDULER, _CLIP_CONTEXT
@@ -296,7 +297,7 @@ def mini_quality(folder=None, # a trained Mini world (default: the shipped one)
     pipe = load_sd(str(folder / 'generator'), kind='txt2img', device=device, dtype=torch.float32)
     t2i, gen_by_scale = {}, {}
     for w in guidance:
-        imgs = text_to_image(pipe, [f'a photo of a {n}' for n in names], per_class, seed, w)
+        imgs = text_to_image(pipe, [fill_prompt('a photo of a {}', n) for n in names], per_class, seed, w)
         gen_by_scale[w] = imgs
         p = classify(imgs, net, device).argmax(1).numpy().reshape(len(names), per_class)
         acc = {n: round(float((p[i] == i).mean()), 4) for i, n in enumerate(names)}

@@ -21,7 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from .core import grid_image, make_generator, tensor_to_pil, to_rgb
-from .data import FASHION_MNIST_PROMPT_NAMES, load_dataset
+from .data import FASHION_MNIST_PROMPT_NAMES, fill_prompt, load_dataset
 from .models import mini_path
 
 # %% ../nbs/02a_mini_world.ipynb #dd2bc996
@@ -185,7 +185,7 @@ def text_to_image(pipe, # a txt2img pipeline (`load_sd('mini', kind='txt2img')`)
 def sample_grid(pipe, # a txt2img pipeline
                 n:int=8, guidance:float=7.5, seed:int=0, names=FASHION_MNIST_PROMPT_NAMES, cell:int=48)->'Image.Image':
     "A picture: one row per class name ('a photo of a <name>'), `n` samples each of `cell` pixels; held-out classes are included."
-    imgs = text_to_image(pipe, [f'a photo of a {c}' for c in names], n, seed, guidance)
+    imgs = text_to_image(pipe, [fill_prompt('a photo of a {}', c) for c in names], n, seed, guidance)
     return grid_image([im.resize((cell, cell), Image.Resampling.NEAREST) for im in tensor_to_pil(imgs)], ncols=n)
 
 # %% ../nbs/02a_mini_world.ipynb #5282122b

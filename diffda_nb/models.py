@@ -218,7 +218,7 @@ def _hub_index(model:str, repo:str, offline:bool, cache_dir=None)->dict:
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HFValidationError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
     try: path = hf_hub_download(repo, 'model_index.json', local_files_only=offline, cache_dir=cache_dir)
-    except HFValidationError: raise ValueError(f"model: {model!r} is not an alias ({list(MODEL_ALIASES)}), 'tiny', an existing folder, or a valid hub id 'owner/name'") from None
+    except HFValidationError: raise ValueError(f"model: {model!r} is not an alias ({list(MODEL_ALIASES)}), 'tiny-random', an existing folder, or a valid hub id 'owner/name'") from None
     except LocalEntryNotFoundError:
         why = ('HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache' if offline
                else 'it is not in the local Hugging Face cache and the Hub could not be reached')

@@ -86,13 +86,13 @@ def _spawn(spec:dict, folder:Path, name:str):
     return subprocess.Popen([sys.executable, '-c', _WORKER, str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 # %% ../nbs/06_samplers.ipynb #48077bb0
-def check_resume_and_shards(model:str, # 'mini', 'tiny' or any `models.load_sd` name available offline
+def check_resume_and_shards(model:str, # 'mini', 'tiny-random' or any `models.load_sd` name available offline
                             jobs:list, # `Job`s (at least two planned batches)
                             source_images:list, # PIL images (saved losslessly and re-read by every process)
                             sampler:str='sdedit', # a registered sampler name
                             options:dict=None, # the sampler's constructor arguments (JSON-able)
                             size=None, batch_size:int=4, scheduler=None,
-                            load:dict=None, # more `load_sd` arguments (e.g. `sample_size` for 'tiny')
+                            load:dict=None, # more `load_sd` arguments (e.g. `sample_size` for 'tiny-random')
                             tmp=None # working folder (default: a new temporary one)
                            )->dict:
     "Assert that a run killed by SIGKILL and resumed, and a run sharded over 2 processes, give the pixels of one uninterrupted run; returns what happened."

@@ -95,6 +95,11 @@ def test_docs_render(scratch):
         html, _ = HTMLExporter().from_notebook_node(nb)
         assert '<html' in html and len(html) > 1000, p.name
         assert 'Traceback (most recent call last)' not in html, f'{p.name}: a doc cell raised'
+        for c in nb.cells:   # prose: a word in angle brackets outside code is swallowed as an HTML tag
+            if c.cell_type == 'markdown':
+                prose = re.sub(r'```.*?```|`[^`\n]*`|\$\$.*?\$\$|\$[^$\n]*\$', '', c.source, flags=re.S)
+                m = re.search(r'<(?!/?(?:a|img|br|span|div|p|code|sub|sup|b|i|em|strong|details|summary|table|tr|td|th|kbd)\b)[A-Za-z_][\w-]*>', prose)
+                assert not m, f'{p.name}: {m.group(0)!r} in prose would vanish as HTML (write &lt; or put it in `code`)'
         for c in nb.cells:   # signatures as `show_doc` rendered them (settings.ini's `renderer`)
             for o in c.get('outputs', []):
                 md = ''.join(o.get('data', {}).get('text/markdown', ''))

@@ -85,6 +85,38 @@ def _spawn(spec:dict, folder:Path, name:str):
     env = dict(os.environ, OMP_NUM_THREADS='1', TQDM_DISABLE='1', HF_HUB_OFFLINE='1')
     return subprocess.Popen([sys.executable, '-c', _WORKER, str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+# %% ../nbs/06_samplers.ipynb #3254816b
+def _wait_workers(procs:dict):
+    "Wait for the worker processes: both shards must succeed and the killed one must have died of SIGKILL."
+    outs = {k: p.communicate(timeout=900) for k, p in procs.items()}
+    for k in ('rank0', 'rank1'):
+        if procs[k].returncode != 0: raise RuntimeError(f"shard process {k} failed:\n{outs[k][1][-2000:]}")
+    if procs['killed'].returncode != -signal.SIGKILL: raise RuntimeError(f"the process to kill ended with {procs['killed'].returncode}, not SIGKILL:\n{outs['killed'][1][-2000:]}")
+
+class _Stop(Exception): "Stands for SIGKILL in the in-process check."
+
+def _runs_in_process(pipe, jobs, srcs, tmp:Path, kw:dict, kill_at:int=2):
+    "The workers' two runs in this process: one stopped after its `kill_at`-th batch's files are written (before its rows), and two shards in turn."
+    seen = [0]
+    def stop(event, **_):
+        if event == 'written':
+            seen[0] += 1
+            if seen[0] >= kill_at: raise _Stop(f'stopped after batch {seen[0]}')
+    try: generate(pipe, jobs, tmp / 'resumed', srcs, hook=stop, **kw)
+    except _Stop: pass
+    else: raise AssertionError('the run to interrupt finished before it was stopped')
+    for r in range(2): generate(pipe, jobs, tmp / 'sharded', srcs, rank=r, world_size=2, **kw)
+
+def _same_as_reference(tmp:Path, names)->dict:
+    "Assert that each folder in `names` holds exactly the reference run's images, pixel for pixel; returns the reference pixels."
+    ref = _pixels(tmp / 'reference')
+    for name in names:
+        got = _pixels(tmp / name)
+        if sorted(got) != sorted(ref): raise AssertionError(f"{name}: images {sorted(set(ref) ^ set(got))[:5]} missing or extra")
+        bad = [i for i in ref if not np.array_equal(ref[i], got[i])]
+        if bad: raise AssertionError(f"{name}: {len(bad)} of {len(ref)} images differ from the uninterrupted run (e.g. {bad[:3]})")
+    return ref
+
 # %% ../nbs/06_samplers.ipynb #48077bb0
 def check_resume_and_shards(model:str, # 'mini', 'tiny-random' or any `models.load_sd` name available offline
                             jobs:list, # `Job`s (at least two planned batches)
@@ -93,7 +125,8 @@ def check_resume_and_shards(model:str, # 'mini', 'tiny-random' or any `models.lo
                             options:dict=None, # the sampler's constructor arguments (JSON-able)
                             size=None, batch_size:int=4, scheduler=None,
                             load:dict=None, # more `load_sd` arguments (e.g. `sample_size` for 'tiny-random')
-                            tmp=None # working folder (default: a new temporary one)
+                            tmp=None, # working folder (default: a new temporary one)
+                            processes:bool=True # False: the same runs in this process (an exception stands in for SIGKILL; the two shards run one after the other)
                            )->dict:
     "Assert that a run killed by SIGKILL and resumed, and a run sharded over 2 processes, give the pixels of one uninterrupted run; returns what happened."
     from diffda_nb.models import load_sd, quiet_loading
@@ -113,9 +146,9 @@ def check_resume_and_shards(model:str, # 'mini', 'tiny-random' or any `models.lo
     for im in srcs: im.load()
     spec = dict(model=model, load=load, sources=paths, jobs=[asdict(j) for j in jobs], size=size, batch_size=batch_size,
                 scheduler=scheduler, sampler=sampler, options=options, kill_at=0, rank=0, world_size=1)
-    # the three worker processes run while this one makes the reference
-    procs = {'killed': _spawn(dict(spec, out=str(tmp / 'resumed'), kill_at=2), tmp, 'killed')}
-    for r in range(2): procs[f'rank{r}'] = _spawn(dict(spec, out=str(tmp / 'sharded'), rank=r, world_size=2), tmp, f'rank{r}')
+    procs = {}   # the three worker processes run while this one makes the reference
+    if processes: procs['killed'] = _spawn(dict(spec, out=str(tmp / 'resumed'), kill_at=2), tmp, 'killed')
+    for r in range(2 if processes else 0): procs[f'rank{r}'] = _spawn(dict(spec, out=str(tmp / 'sharded'), rank=r, world_size=2), tmp, f'rank{r}')
     threads = torch.get_num_threads(); torch.set_num_threads(1)
     restore_bars = quiet_loading()
     try:
@@ -123,10 +156,8 @@ def check_resume_and_shards(model:str, # 'mini', 'tiny-random' or any `models.lo
         t0 = time.perf_counter()
         generate(pipe, jobs, tmp / 'reference', srcs, size=size, batch_size=batch_size, scheduler=scheduler, sampler=smp, progress=False)
         ref_s = time.perf_counter() - t0
-        outs = {k: p.communicate(timeout=900) for k, p in procs.items()}
-        for k in ('rank0', 'rank1'):
-            if procs[k].returncode != 0: raise RuntimeError(f"shard process {k} failed:\n{outs[k][1][-2000:]}")
-        if procs['killed'].returncode != -signal.SIGKILL: raise RuntimeError(f"the process to kill ended with {procs['killed'].returncode}, not SIGKILL:\n{outs['killed'][1][-2000:]}")
+        if processes: _wait_workers(procs)
+        else: _runs_in_process(pipe, jobs, srcs, tmp, dict(size=size, batch_size=batch_size, scheduler=scheduler, sampler=smp, progress=False))
         from diffda_nb.core import Manifest
         before = Manifest(tmp / 'resumed' / 'manifest.jsonl')
         recorded = len(before)
@@ -136,11 +167,6 @@ def check_resume_and_shards(model:str, # 'mini', 'tiny-random' or any `models.lo
     finally:
         torch.set_num_threads(threads)
         restore_bars()
-    ref = _pixels(tmp / 'reference')
-    for name in ('resumed', 'sharded'):
-        got = _pixels(tmp / name)
-        if sorted(got) != sorted(ref): raise AssertionError(f"{name}: images {sorted(set(ref) ^ set(got))[:5]} missing or extra")
-        bad = [i for i in ref if not np.array_equal(ref[i], got[i])]
-        if bad: raise AssertionError(f"{name}: {len(bad)} of {len(ref)} images differ from the uninterrupted run (e.g. {bad[:3]})")
+    ref = _same_as_reference(tmp, ('resumed', 'sharded'))
     return dict(images=len(ref), batches=n_batches, recorded_before_kill=recorded, unrecorded_files_at_kill=orphans,
                 merged_shard_rows=len(Manifest(tmp / 'sharded' / 'manifest.jsonl')), reference_s=round(ref_s, 2), folder=str(tmp))

@@ -72,6 +72,9 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT/'.ci'/'run').read_text().splitlines()
     assert cmds[1] in [l.strip() for l in ci], f'.ci/run does not run the README test command {cmds[1]!r}'
 
+# a word in angle brackets that is not an HTML tag a page may use: a browser swallows it (`<class_3>`, `<name>`)
+_HTML_WORD = re.compile(r'<(?!/?(?:a|img|br|span|div|p|code|sub|sup|b|i|em|strong|details|summary|table|tr|td|th|kbd)\b)[A-Za-z_][\w-]*>')
+
 def test_docs_render(scratch):
     "Docs smoke test: nbdev processes every notebook (runs show_doc cells) and nbconvert renders each to HTML."
     from nbdev.serve import proc_nbs
@@ -98,7 +101,7 @@ def test_docs_render(scratch):
         for c in nb.cells:   # prose: a word in angle brackets outside code is swallowed as an HTML tag
             if c.cell_type == 'markdown':
                 prose = re.sub(r'```.*?```|`[^`\n]*`|\$\$.*?\$\$|\$[^$\n]*\$', '', c.source, flags=re.S)
-                m = re.search(r'<(?!/?(?:a|img|br|span|div|p|code|sub|sup|b|i|em|strong|details|summary|table|tr|td|th|kbd)\b)[A-Za-z_][\w-]*>', prose)
+                m = _HTML_WORD.search(prose)
                 assert not m, f'{p.name}: {m.group(0)!r} in prose would vanish as HTML (write &lt; or put it in `code`)'
         for c in nb.cells:   # signatures as `show_doc` rendered them (settings.ini's `renderer`)
             for o in c.get('outputs', []):
@@ -106,7 +109,7 @@ def test_docs_render(scratch):
                 for sig in re.findall(r'```python\n.*?\n```', md, flags=re.S):
                     assert ':NoneType' not in sig and not re.search(r'\]\(\S+\)', sig), f'{p.name}: unclean signature {sig[:200]!r}'
                 prose = re.sub(r'```.*?```|`[^`\n]*`', '', md, flags=re.S)
-                assert not re.search(r'<(?!/?(?:a|img|br|span|div|p|code)\b)[A-Za-z_]\w*>', prose), f'{p.name}: an angle-bracketed word would vanish as HTML: {prose[:200]!r}'
+                assert not _HTML_WORD.search(prose), f'{p.name}: an angle-bracketed word would vanish as HTML: {prose[:200]!r}'
 
 def _cell_directives(src):
     return {l[2:].strip().split(':')[0].split()[0] for l in src.splitlines() if l.startswith('#|') and l[2:].strip()}

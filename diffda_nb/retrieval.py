@@ -155,8 +155,10 @@ def embed_pool(pool:Pool, encoder:ClipEncoder,
 # %% ../nbs/24_retrieval.ipynb #d120f35d
 class ExactIndex:
     "Exact cosine top-k over unit-norm embeddings with torch, in blocks of the pool."
-    def __init__(self, emb:torch.Tensor, block:int=65536):
-        self.emb, self.block = F.normalize(torch.as_tensor(emb, dtype=torch.float32), dim=-1), block
+    def __init__(self, emb:torch.Tensor, block:int=65536,
+                 unit:bool=False): # True: `emb` is already float32 with unit rows, used as it is (no copy)
+        emb = torch.as_tensor(emb, dtype=torch.float32)
+        self.emb, self.block = emb if unit else F.normalize(emb, dim=-1), block
     def __len__(self): return len(self.emb)
     def search(self, q:torch.Tensor, k:int)->tuple:
         "(scores, indices), each Q×k, best first."
@@ -178,18 +180,22 @@ def _faiss():
 
 # %% ../nbs/24_retrieval.ipynb #126785e4
 class FaissIndex:
-    "Approximate cosine top-k with faiss's IVF index (inner product on unit vectors)."
+    "Approximate cosine top-k with faiss's IVF index (inner product on unit vectors); unless `nprobe` is given, it is raised until a target recall is measured."
     def __init__(self, emb:torch.Tensor, nlist:int=None, # k-means cells (default 4·√N)
-                 nprobe:int=None, # cells scanned per query (default nlist/16, at least 8)
-                 seed:int=0):
+                 nprobe:int=None, # cells scanned per query (default: calibrated, starting from nlist/16 and at least 8)
+                 seed:int=0,
+                 target_recall:float=0.95, # recall@10 against exact search that the calibration aims for (None: no calibration)
+                 queries:torch.Tensor=None): # queries to calibrate on (e.g. the text queries to come); default 256 pool vectors
         faiss = _faiss()
         x = np.ascontiguousarray(F.normalize(torch.as_tensor(emb, dtype=torch.float32), dim=-1).numpy())
         self.nlist = int(nlist or max(1, min(len(x) // 39, round(4 * math.sqrt(len(x))))))
-        self.nprobe = int(nprobe or max(8, self.nlist // 16))
         quant = faiss.IndexFlatIP(x.shape[1])
         self.index = faiss.IndexIVFFlat(quant, x.shape[1], self.nlist, faiss.METRIC_INNER_PRODUCT)
         self.index.cp.seed = seed
-        self.index.train(x); self.index.add(x); self.index.nprobe = min(self.nprobe, self.nlist); self.quant, self.n = quant, len(x)
+        self.index.train(x); self.index.add(x); self.quant, self.n = quant, len(x)
+        self.nprobe, self.recall = min(int(nprobe or max(8, self.nlist // 16)), self.nlist), None   # recall: measured by the calibration
+        self.index.nprobe = self.nprobe
+        if nprobe is None and target_recall: _calibrate(self, x, queries, target_recall, seed=seed)
     def __len__(self): return self.n
     def search(self, q:torch.Tensor, k:int)->tuple:
         "(scores, indices), each Q×k, best first (index −1 where a query's cells hold fewer than k vectors)."
@@ -197,14 +203,37 @@ class FaissIndex:
         s, i = self.index.search(q, min(int(k), self.n))
         return torch.from_numpy(s), torch.from_numpy(i)
 
+# %% ../nbs/24_retrieval.ipynb #644e0d7c
+def _recall(approx:torch.Tensor, exact:torch.Tensor, k:int, own=None)->float:
+    "Mean share of each query's exact first k found among its approximate first k; a query's own pool index (`own`) is left out of both."
+    shares = []
+    for r, (a, e) in enumerate(zip(approx.tolist(), exact.tolist())):
+        skip = None if own is None else int(own[r])
+        a, e = [i for i in a if i != skip][:k], [i for i in e if i != skip][:k]
+        shares.append(len(set(a) & set(e)) / max(1, len(e)))
+    return float(np.mean(shares))
+
+def _calibrate(index:FaissIndex, x:np.ndarray, queries=None, target:float=0.95, k:int=10, n:int=256, seed:int=0)->float:
+    "Double `index.nprobe` until recall@k against exact search on `queries` (default: `n` pool vectors) reaches `target` or every cell is scanned."
+    own = None
+    if queries is None: own = np.random.default_rng(seed).choice(len(x), min(n, len(x)), replace=False); queries = torch.from_numpy(x[own])
+    kk = min(k + (own is not None), len(x))
+    exact = ExactIndex(torch.from_numpy(x), unit=True).search(queries, kk)[1]
+    while True:
+        index.index.nprobe = index.nprobe
+        index.recall = _recall(index.search(queries, kk)[1], exact, k, own)
+        if index.recall >= target or index.nprobe >= index.nlist: return index.recall
+        index.nprobe = min(2 * index.nprobe, index.nlist)
+
 # %% ../nbs/24_retrieval.ipynb #f1a11314
 def make_index(emb:torch.Tensor, method:str='auto', # 'exact', 'faiss' or 'auto' (exact below 200,000 vectors)
+               queries:torch.Tensor=None, # the queries to come: faiss calibrates its `nprobe` on them (exact search ignores them)
                **kw):
     "An index over pool embeddings with `.search(queries, k) -> (scores, indices)`."
     if len(emb) == 0: raise ValueError("make_index: the pool is empty")
     if method == 'auto': method = 'exact' if len(emb) < 200_000 else 'faiss'
     if method == 'exact': return ExactIndex(emb, **kw)
-    if method == 'faiss': return FaissIndex(emb, **kw)
+    if method == 'faiss': return FaissIndex(emb, queries=queries, **kw)
     raise ValueError(f"make_index: method must be 'exact', 'faiss' or 'auto', got {method!r}")
 
 # %% ../nbs/24_retrieval.ipynb #5ea690ca
@@ -256,7 +285,7 @@ def retrieve(queries:dict, # {label: query text}
              n:int, # images wanted per label
              pool:Pool, encoder:ClipEncoder,
              emb:torch.Tensor=None, # the pool's embeddings (default: `embed_pool(pool, encoder)`)
-             index=None, # an index over `emb` (default: `make_index(emb)`)
+             index=None, # an index over `emb` (default: `make_index(emb, queries=…)`, calibrated on these queries if it is faiss)
              train_images:list=None, # de-duplicate against these
              near:float=0.99, # near-copy threshold (`dedup`)
              oversample:float=1.4 # first search depth: n·oversample (Burg et al.: 1.4·130, widened up to 6×)
@@ -265,9 +294,9 @@ def retrieve(queries:dict, # {label: query text}
     if n < 1: raise ValueError(f"retrieve: n must be ≥ 1, got {n}")
     emb = embed_pool(pool, encoder) if emb is None else emb
     _check_dim(pool, emb, encoder)
-    index = index or make_index(emb)
     q = encoder.encode_text(list(queries.values()))
     if q.shape[1] != emb.shape[1]: raise ValueError(f"retrieve: query dimension {q.shape[1]} ≠ pool embedding dimension {emb.shape[1]}")
+    index = index or make_index(emb, queries=q)
     used = []; rows = []; train_images = list(train_images or [])
     for (label, text), qv in zip(queries.items(), q):
         depth = math.ceil(n * oversample)

@@ -239,10 +239,11 @@ def retrieval_jobs(train_set, params:dict, seed:int)->list:
     counts = np.bincount(train_set.labels, minlength=len(names)); m = int(params['multiplier'])
     if m < 1: raise ValueError(f"retrieval: multiplier must be ≥ 1, got {m}")
     emb = R.embed_pool(pool, enc, _cache(params))
-    index = R.make_index(emb, params.get('index') or 'auto')
+    prompts = {int(c): R.retrieval_prompt(names[c], params['query']) for c in np.flatnonzero(counts)}
+    index = R.make_index(emb, params.get('index') or 'auto', queries=enc.encode_text(list(prompts.values())))   # faiss calibrates on them
     rows = []
-    for c in np.flatnonzero(counts):
-        rows += R.retrieve({int(c): R.retrieval_prompt(names[c], params['query'])}, m * int(counts[c]), pool, enc, emb=emb, index=index,
+    for c, prompt in prompts.items():
+        rows += R.retrieve({c: prompt}, m * int(counts[c]), pool, enc, emb=emb, index=index,
                            train_images=_train_images(train_set) + [pool.image(r['pool_index']) for r in rows])
     return R.pool_jobs(rows, train_set.labels, method='retrieval')
 

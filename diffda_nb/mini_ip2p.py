@@ -181,7 +181,7 @@ def train_ip2p(src:torch.Tensor, mus:torch.Tensor, sds:torch.Tensor, # from `edi
     K, N = mus.shape[:2]
     def loss_fn(step, g):
         i = torch.randint(N, (recipe.batch,), generator=g); k = torch.randint(K, (recipe.batch,), generator=g)
-        z0 = (mus[k, i] + sds[k, i] * torch.randn(mus.shape[2:], generator=g)).to(device)
+        z0 = (mus[k, i] + sds[k, i] * torch.randn((recipe.batch, *mus.shape[2:]), generator=g)).to(device)   # a latent sample per pair
         t = torch.randint(sched.config.num_train_timesteps, (recipe.batch,), generator=g).to(device)
         cap = 1 + k * n_cap + torch.randint(n_cap, (recipe.batch,), generator=g)
         r = torch.rand(recipe.batch, generator=g)

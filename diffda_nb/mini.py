@@ -335,6 +335,12 @@ def _replace_dir(tmp:Path, dest:Path):
     if dest.exists(): shutil.rmtree(old, ignore_errors=True); dest.rename(old)
     tmp.rename(dest); shutil.rmtree(old, ignore_errors=True)
 
+def _drop_build_paths(folder:Path):
+    "Remove diffusers' `_name_or_path` (the folder a part was loaded from on the training machine) from every `config.json` under `folder`."
+    for p in Path(folder).rglob('config.json'):
+        cfg = json.loads(p.read_text())
+        if cfg.pop('_name_or_path', None) is not None: p.write_text(json.dumps(cfg, indent=2, sort_keys=True) + '\n')
+
 def _fresh_tmp(dest:Path)->Path:
     tmp = dest.with_name(dest.name + '.tmp'); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
     return tmp
@@ -476,6 +482,7 @@ def publish_mini(out, # a finished `train_mini` folder
     tmp = _fresh_tmp(dest)
     for n in ('generator', 'clip', 'features'): shutil.copytree(out / n, tmp / n)
     for n in ('quality.json', 'training.json', 'README.md'): shutil.copy2(out / n, tmp / n)
+    _drop_build_paths(tmp)   # shipped files carry no path of the machine that trained them
     _replace_dir(tmp, dest)
     return dest
 

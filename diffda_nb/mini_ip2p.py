@@ -21,7 +21,7 @@ from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler, StableDiff
 
 # %% ../nbs/33_mini_ip2p.ipynb #344e7faa
 from .core import atomic_write, pick_device, write_json
-from .mini import _fit, _hardware, _thin, _tokens, _fresh_tmp, _replace_dir
+from .mini import _fit, _hardware, _thin, _tokens, _fresh_tmp, _replace_dir, _drop_build_paths
 from .mini_world import HELD_OUT, classify, load_feature_net, mini_arrays, seen_labels, to_mini_tensor, weights_mb
 from .models import clip_tokenizer, load_sd, mini_path, _SD_SCHEDULER
 
@@ -326,6 +326,7 @@ def publish_mini_ip2p(out, # a finished `train_mini_ip2p` folder
     write_ip2p_card(out)
     tmp = _fresh_tmp(dest); shutil.rmtree(tmp); shutil.copytree(out / 'editor', tmp)
     for n in ('quality.json', 'training.json', 'README.md'): shutil.copy2(out / n, tmp / n)
+    _drop_build_paths(tmp)   # shipped files carry no path of the machine that trained them
     mb = sum(p.stat().st_size for p in tmp.rglob('*') if p.is_file()) / 1e6
     if mb > MINI_IP2P_MAX_MB: shutil.rmtree(tmp); raise ValueError(f"publish_mini_ip2p: {mb:.1f} MB, over the {MINI_IP2P_MAX_MB} MB budget")
     _replace_dir(tmp, dest)

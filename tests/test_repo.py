@@ -169,6 +169,12 @@ def test_outputs_have_no_stderr_progress_or_machine_paths():
                 if m := _MACHINE_PATH.search(txt): bad.append(f'{nbf.name} cell {i}: a machine path {m.group(0)!r}')
     assert not bad, 'clear or re-run these outputs:\n' + '\n'.join(bad)
 
+def test_shipped_assets_have_no_machine_paths():
+    "The model files the package ships (configs, cards, logs) name no folder of the machine that trained them."
+    bad = [f'{f}: {m.group(0)!r}' for f in _shipped_files() if f.startswith('diffda_nb/assets/') and f.endswith(('.json', '.md', '.txt', '.yaml'))
+           for m in [_MACHINE_PATH.search((ROOT/f).read_text(errors='replace'))] if m]
+    assert not bad, 'machine paths in shipped assets:\n' + '\n'.join(bad)
+
 def test_sidebar_lists_every_notebook_once():
     "The grouped sidebar (in _quarto.yml; custom_sidebar = True) holds every page of the site exactly once, and nothing else."
     import yaml

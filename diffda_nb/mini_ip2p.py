@@ -264,7 +264,10 @@ def train_mini_ip2p(out, # working folder (a finished stage is not redone; train
     out = Path(out); out.mkdir(parents=True, exist_ok=True); dev = pick_device(device)
     logf = out / 'training.json'
     log = json.loads(logf.read_text()) if logf.exists() else {}
-    if log and log.get('recipe') != asdict(recipe): raise ValueError(f"{out}: holds a run of another recipe; use another folder")
+    run = dict(recipe=asdict(recipe), dataset=dataset)   # written before training: a run killed mid-way resumes only as itself
+    held = json.loads((out / 'run.json').read_text()) if (out / 'run.json').exists() else {k: log[k] for k in run if k in log}
+    if held and held != run: raise ValueError(f"{out}: holds a run of another recipe or dataset; use another folder")
+    write_json(run, out / 'run.json')
     log.update(recipe=asdict(recipe), dataset=dataset, held_out=list(HELD_OUT), hardware=_hardware(dev), torch=torch.__version__,
                edits={n: list(e.instructions) + [STYLE_TEMPLATE.format(e.style)] for n, e in EDITS.items()})
     if not (out / 'editor' / 'model_index.json').exists():

@@ -8,7 +8,7 @@ __all__ = ['FILTERS', 'row_score', 'load_clip', 'Scorer', 'BaseProb', 'ClipMulti
            'filter_spec', 'make_scorer']
 
 # %% ../nbs/22_filtering.ipynb #ad457ffc
-import hashlib, json, math, os, warnings
+import hashlib, json, math, numbers, os, warnings
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 
@@ -70,8 +70,11 @@ class BaseProb(Scorer):
         self.device = pick_device(device)
         self.model, self.image_size = model.to(self.device).eval(), image_size
         self.transform = transform or eval_transform(image_size)
+        self.transform_tag = None if transform is None else (f'{transform.__module__}.{transform.__qualname__}' if hasattr(transform, '__qualname__') else repr(transform))
         self.num_classes = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
-    def settings(self): return dict(name=self.name, image_size=self.image_size, weights=_weights_digest(self.model))
+    def settings(self):
+        s = dict(name=self.name, image_size=self.image_size, weights=_weights_digest(self.model))
+        return {**s, 'transform': self.transform_tag} if self.transform_tag else s   # another transform: other scores, another cache file
     @torch.no_grad()
     def class_scores(self, images):
         x = torch.stack([self.transform(to_rgb(im)) for im in images]).to(self.device)
@@ -127,26 +130,34 @@ class ClipBinary(_ClipScorer):
         return torch.sigmoid(self.scale * (f @ self.pos.T - f @ self.neg.T)).cpu()   # = softmax([pos, neg])[0]
 
 # %% ../nbs/22_filtering.ipynb #5189266c
+def _row_fp(manifest, row:dict)->str:
+    "A row's fingerprint: its manifest line plus its image file's size and mtime (a changed row or image is rescored)."
+    st = manifest.image_path(row).stat()
+    return _digest([json.loads(json.dumps(row, default=str)), st.st_size, st.st_mtime_ns])
+
 def _read_scores(path:Path)->dict:
+    "{id: (fingerprint, score)} from a score file (the last line of an id wins; old lines without a fingerprint get None)."
     if not path.exists(): return {}
     data = path.read_bytes(); lines = data.split(b'\n'); out = {}
     for n, line in enumerate(lines[:-1], 1):
         if not line.strip(): continue
-        try: d = json.loads(line); out[d['id']] = float(d['score'])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError): raise ValueError(f"{path}, line {n}: not a score line {{'id', 'score'}}; the cache is corrupt (delete it to rescore)") from None
+        try: d = json.loads(line); out[d['id']] = (d.get('fp'), float(d['score']))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError): raise ValueError(f"{path}, line {n}: not a score line {{'id', 'fp', 'score'}}; the cache is corrupt (delete it to rescore)") from None
     if lines[-1].strip():  # an interrupted append: cut it so the next one starts on a fresh line
         warnings.warn(f"{path}: ignoring an incomplete last line (the scorer was interrupted)")
         with open(path, 'r+b') as f: f.truncate(len(data) - len(lines[-1]))
     return out
 
 def _append_scores(path:Path, scores:dict):
+    "Append {id: (fingerprint, score)} as lines and sync them to disk."
     with open(path, 'ab') as f:
-        f.write(''.join(json.dumps(dict(id=k, score=v)) + '\n' for k, v in scores.items()).encode()); f.flush(); os.fsync(f.fileno())
+        f.write(''.join(json.dumps(dict(id=k, fp=fp, score=v)) + '\n' for k, (fp, v) in scores.items()).encode()); f.flush(); os.fsync(f.fileno())
+
 
 # %% ../nbs/22_filtering.ipynb #1285a5b4
 def score_manifest(manifest, # a `core.Manifest` or its path
                    scorer:Scorer, # `BaseProb`, `ClipMulti`, `ClipBinary` (or any `Scorer`)
-                   cache=None, # a folder for the score file (None: nothing is cached)
+                   cache=None, # a folder for the score file (None: nothing is cached); rows are fingerprinted, so manifests may share it
                    batch_size:int=64, progress:bool=True)->dict:
     "{row id: score} for every row of the manifest, from the cache where present, else computed batch by batch (and appended to it)."
     from tqdm.auto import tqdm
@@ -159,22 +170,24 @@ def score_manifest(manifest, # a `core.Manifest` or its path
         path = Path(cache) / f"{scorer.name}-{_digest(settings)}.jsonl"; path.parent.mkdir(parents=True, exist_ok=True)
         if not path.with_suffix('.json').exists(): write_json(dict(settings=settings, manifest=str(manifest.path)), path.with_suffix('.json'))
         done = _read_scores(path)
-    todo = [r for r in manifest.rows if r['id'] not in done]
-    missing = [r['id'] for r in todo if not manifest.image_path(r).exists()]
+    missing = [r['id'] for r in manifest.rows if not manifest.image_path(r).exists()]
     if missing: raise FileNotFoundError(f"manifest {manifest.path}: {len(missing)} image file(s) missing, e.g. {manifest.image_path(missing[0])}")
+    fps = {r['id']: _row_fp(manifest, r) for r in manifest.rows} if path is not None else {}
+    todo = [r for r in manifest.rows if r['id'] not in done or done[r['id']][0] != fps[r['id']]]   # new, or another row/image under this id
     for a in tqdm(range(0, len(todo), batch_size), desc=f'{scorer.name} scores', disable=not progress or not todo):
         rows = todo[a:a + batch_size]
         cs = scorer.class_scores([load_image(manifest.image_path(r)) for r in rows])
-        new = {r['id']: row_score(c, r) for r, c in zip(rows, cs)}
+        new = {r['id']: (fps.get(r['id']), row_score(c, r)) for r, c in zip(rows, cs)}
         if path is not None: _append_scores(path, new)
         done.update(new)
-    return {r['id']: done[r['id']] for r in manifest.rows}
+    return {r['id']: done[r['id']][1] for r in manifest.rows}
 
 # %% ../nbs/22_filtering.ipynb #fba5906a
 def n_kept(n:int, drop:float)->int:
     "⌈(1 − r)·n⌉, with the product rounded to 9 decimals first (floating-point error must not keep an extra row)."
-    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop < 1: raise ValueError(f"drop: the fraction r to drop must be in [0, 1), got {drop!r}")
-    return math.ceil(round((1 - drop) * n, 9))
+    if isinstance(drop, bool) or not isinstance(drop, numbers.Real): raise ValueError(f"drop: expected a number, the fraction r to drop in [0, 1), got {drop!r}")
+    if not 0 <= drop < 1: raise ValueError(f"drop: the fraction r to drop must be in [0, 1), got {drop!r}")
+    return math.ceil(round((1 - float(drop)) * n, 9))
 
 def keep_top(scores:dict, # {id: score}, in manifest order
              drop:float # r: the fraction of rows to drop, in [0, 1)
@@ -233,7 +246,8 @@ def show_scored(manifest, # a `core.Manifest` or its path
     fig, axs = plt.subplots(len(cs), 2 * n, figsize=(size * 2 * n, size * len(cs) + 0.4), squeeze=False)
     for i, c in enumerate(cs):
         rows = sorted(by_class[c], key=lambda r: -scores[r['id']])
-        picks = rows[:n] + [None] * (n - len(rows[:n])) + (rows[-n:] if len(rows) > n else []) + [None] * (n - len(rows[-n:] if len(rows) > n else []))
+        worst = rows[max(n, len(rows) - n):]   # never one of the best n again
+        picks = rows[:n] + [None] * (n - len(rows[:n])) + worst + [None] * (n - len(worst))
         for j, r in enumerate(picks):
             ax = axs[i, j]; ax.set_xticks([]); ax.set_yticks([])
             for s in ax.spines.values(): s.set_visible(False)
@@ -249,27 +263,33 @@ def show_scored(manifest, # a `core.Manifest` or its path
 def train_base_classifier(real, # the real training images (`data.ImageDataset`): all the classifier may see
                           arch:str='small_cnn', # `classify.ARCHS`
                           pretrained=False, # as in `classify.make_model`
-                          train:dict=None, # `classify.TrainConfig` fields, e.g. {epochs: 30, image_size: 32}
+                          train:dict=None, # `classify.TrainConfig` fields over the protocol's, e.g. {epochs: 30, image_size: 32}
                           seed:int=0, out=None, # a folder to cache the weights in (None: train afresh)
-                          progress:bool=True)->BaseProb:
-    "A `BaseProb` scorer whose classifier is trained on the real images only (cached in `out`)."
+                          progress:bool=True,
+                          protocol:str='unidiffda', # `classify.PROTOCOLS`: the baseline's classifier protocol
+                          val=None # validation images for a protocol that selects on them (burg); None: carved from `real`
+                         )->BaseProb:
+    "A `BaseProb` scorer whose classifier is trained on the real images only, as the baseline is (cached in `out`)."
     from safetensors.torch import load, save
-    from diffda_nb.classify import make_model, train_classifier, TrainConfig
+    from diffda_nb.classify import make_model, train_classifier, protocol_config
     from diffda_nb.utilization import make_training_set
-    tcfg = TrainConfig(**{**(train or {}), 'seed': seed})
-    key = dict(arch=arch, pretrained=str(pretrained), train=asdict(tcfg), real=[getattr(real, 'name', ''), list(real.labels), getattr(real, 'source_indices', None)])
+    tcfg = protocol_config(protocol, **{**(train or {}), 'seed': seed})
+    ident = lambda ds: [getattr(ds, 'name', ''), list(ds.labels), getattr(ds, 'source_indices', None)]
+    key = dict(arch=arch, pretrained=str(pretrained), train={k: v for k, v in asdict(tcfg).items() if k not in ('device', 'num_workers')}, real=ident(real))
+    if val is not None: key['val'] = ident(val)
     folder = Path(out) / f'base_classifier-{_digest(key)}' if out is not None else None
-    if folder is not None and (folder / 'model.safetensors').exists():
+    if folder is not None and (folder / 'classifier.json').exists() and (folder / 'model.safetensors').exists():   # classifier.json, written last, marks it complete
         model = make_model(arch, real.num_classes, pretrained=False)
         model.load_state_dict(load((folder / 'model.safetensors').read_bytes()))
         return BaseProb(model, image_size=json.loads((folder / 'classifier.json').read_text())['image_size'], device=tcfg.device)
     model = make_model(arch, real.num_classes, pretrained=pretrained)
-    res = train_classifier(model, make_training_set(real, None, 'none'), None, tcfg, progress=progress)
+    res = train_classifier(model, make_training_set(real, None, 'none'), None, tcfg, progress=progress, val_set=val)
     if folder is not None:
         with atomic_write(folder / 'model.safetensors', 'wb') as f: f.write(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
-        write_json(dict(arch=arch, image_size=res['image_size'], num_classes=real.num_classes, trained_on=f'{len(real)} real images', settings=key['train']),
-                   folder / 'classifier.json')
+        write_json(dict(arch=arch, protocol=protocol, image_size=res['image_size'], num_classes=real.num_classes, trained_on=f'{len(real)} real images', settings=key['train']),
+                   folder / 'classifier.json')   # last: the completion marker
     return BaseProb(model, image_size=res['image_size'], device=tcfg.device)
+
 
 # %% ../nbs/22_filtering.ipynb #854f94e6
 FILTERS = {'base_prob': 'probability of the target class under a classifier trained on the real images only',
@@ -285,7 +305,7 @@ class FilterSpec:
     pretrained: str = 'openai' # open_clip weights of a named CLIP
     metaclass: str = 'auto' # CLIP-Binary: 'auto' (the dataset's meta-class, if any), None (coarse prompts) or a word
     batch_size: int = 64
-    classifier: dict = field(default_factory=dict) # Base-Prob: overrides of the experiment's classifier (arch, pretrained, train)
+    classifier: dict = field(default_factory=dict) # Base-Prob: overrides of the experiment's classifier (arch, pretrained, protocol, train)
 
 # %% ../nbs/22_filtering.ipynb #a170be3a
 def filter_spec(d, # None, a method name, or a dict of `FilterSpec` fields
@@ -303,8 +323,8 @@ def filter_spec(d, # None, a method name, or a dict of `FilterSpec` fields
     try: n_kept(1, spec.drop)
     except ValueError: raise ValueError(f"{where}.drop: the fraction r to drop must be in [0, 1), got {spec.drop!r}") from None
     if isinstance(spec.batch_size, bool) or not isinstance(spec.batch_size, int) or spec.batch_size < 1: raise ValueError(f"{where}.batch_size: expected a positive int, got {spec.batch_size!r}")
-    bad = set(spec.classifier or {}) - {'arch', 'pretrained', 'train'}
-    if bad: raise ValueError(f"{where}.classifier: unknown key(s) {sorted(bad)}; it takes arch, pretrained, train")
+    bad = set(spec.classifier or {}) - {'arch', 'pretrained', 'protocol', 'train'}
+    if bad: raise ValueError(f"{where}.classifier: unknown key(s) {sorted(bad)}; it takes arch, pretrained, protocol, train")
     return spec
 
 # %% ../nbs/22_filtering.ipynb #2c1f4149
@@ -316,16 +336,19 @@ def _auto_clip(generator)->str:
 def make_scorer(spec, # a `FilterSpec` (or what `filter_spec` accepts)
                 real, # the real training images (`data.ImageDataset`): class names, meta-class, Base-Prob's training data
                 generator:str='mini', # the generator's name (chooses the CLIP for clip='auto')
-                classifier:dict=None, # the experiment's classifier section (arch, pretrained, train): Base-Prob trains it on `real`
+                classifier:dict=None, # the experiment's classifier section (arch, pretrained, protocol, train): Base-Prob trains it on `real` as the baseline is trained
                 seed:int=0, cache=None, # folder where Base-Prob's classifier is cached
-                device=None, progress:bool=True)->Scorer:
+                device=None, progress:bool=True,
+                val=None # Base-Prob: validation images for a protocol that selects on them (burg); None: carved from `real`
+               )->Scorer:
     "The scorer a `FilterSpec` asks for."
     from diffda_nb.core import pick_device
     spec = filter_spec(spec)
     if spec.method == 'base_prob':
         c = {**(classifier or {}), **(spec.classifier or {})}
         train = {**(c.get('train') or {}), **({'device': device} if device else {})}
-        return train_base_classifier(real, c.get('arch', 'small_cnn'), c.get('pretrained', False), train, seed, cache, progress)
+        return train_base_classifier(real, c.get('arch', 'small_cnn'), c.get('pretrained', False), train, seed, cache, progress,
+                                     protocol=c.get('protocol') or 'unidiffda', val=val)
     names = getattr(real, 'prompt_names', None) or real.classes
     clip, dev = (_auto_clip(generator) if spec.clip == 'auto' else spec.clip), str(pick_device(device))
     if spec.method == 'clip_multi': return ClipMulti(names, clip, spec.pretrained, dev)

@@ -10,7 +10,7 @@ __all__ = ['STRATEGIES', 'run_row', 'read_table', 'load_runs', 'select', 'summar
            'plot_class_gain', 'cost_table', 'plot_cost', 'steps_study', 'plot_steps']
 
 # %% ../nbs/34_analysis.ipynb #83607e52
-import csv, json
+import csv, json, os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,18 @@ import matplotlib.pyplot as plt
 
 # %% ../nbs/34_analysis.ipynb #89a3e15d
 _SECONDS = ('finetune', 'generate', 'filter', 'train')   # the stages the protocol times (results.json → seconds)
+_RANDOM = ('lrr', 'grr', 'class_rr')   # the strategies that use p (as `utilization._RANDOM`; not imported, to keep this module light)
+_CONFIG = ('dataset', 'data.shots', 'method', 'method.strength', 'method.multiplier', 'method.steps', 'utilization.strategy',
+           'utilization.p', 'classifier.arch', 'generator.model')   # the config fields a tidy row records; runs that differ in one are different configs
+
+def _config_fields(rows:list)->list:
+    "The config fields of `rows`: `_CONFIG` and every other dotted setting (a swept field of a sweep CSV), not the seconds."
+    extra = {k for r in rows for k in r if '.' in k and not k.startswith('seconds.') and k not in _CONFIG}
+    return list(_CONFIG) + sorted(extra)
+
+def _sec(v)->float:
+    "A stage's seconds from results.json (a number, or a mapping with 'seconds' should a stage record more than its time)."
+    return float((v.get('seconds') if isinstance(v, dict) else v) or 0.0)
 
 def _num(v):
     "A table cell as a number where it is one ('' and 'None' → None); other values unchanged."
@@ -31,16 +43,20 @@ def _num(v):
 
 # %% ../nbs/34_analysis.ipynb #1aeb85af
 def _chain_seconds(path:Path, r:dict):
-    "Seconds the run's fine-tuning chain took when it was trained (the last step's finetune.json), whether this run trained it or found it cached."
-    chain = r.get('finetuned') or []
-    if not chain: return 0.0
-    f = path.parents[2] / chain[-1] / 'finetune.json'   # results.json lives in <out_dir>/<name>/seed<k>/
-    return float(json.loads(f.read_text()).get('seconds') or 0.0) if f.exists() else None
+    "Seconds the run's fine-tuning chain took when it was trained, whether this run trained it or found it cached: the sum over the chain's folders of each folder's own (last) stage in its finetune.json; None when a card is missing."
+    total = 0.0
+    for step in r.get('finetuned') or []:
+        f = path.parents[2] / step / 'finetune.json'   # results.json lives in <out_dir>/<name>/seed<k>/
+        if not f.exists(): return None
+        card = json.loads(f.read_text()); stages = card.get('stages')   # a LoRA card also carries the TI stage it was built on: count each folder's own only
+        total += float((stages[-1].get('seconds') if stages else card.get('seconds')) or 0.0)
+    return total
+
 
 # %% ../nbs/34_analysis.ipynb #9c165995
 def run_row(path # a results.json written by `protocol.run_experiment`
            )->dict:
-    "One tidy row of a run: its settings under the names `sweep` gives its fields, accuracies, per-class accuracy and seconds per stage."
+    "One tidy row of a run: its settings under the names `sweep` gives its fields (p only for the strategies that use it), accuracies, per-class accuracy and seconds per stage."
     path = Path(path)
     try: r = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e: raise ValueError(f"{path}: not a readable results.json ({e})") from None
@@ -50,10 +66,10 @@ def run_row(path # a results.json written by `protocol.run_experiment`
     return {'name': r.get('name'), 'method': r['method'], 'method_title': r.get('method_title', r['method']), 'seed': r['seed'],
             'dataset': r.get('dataset'), 'data.shots': r.get('shots'), 'method.strength': prm.get('strength'),
             'method.multiplier': prm.get('multiplier'), 'method.steps': prm.get('steps'), 'utilization.strategy': r.get('utilization'),
-            'utilization.p': r.get('p'), 'classifier.arch': r.get('classifier'), 'generator.model': r.get('generator'),
+            'utilization.p': r.get('p') if r.get('utilization') in _RANDOM else None, 'classifier.arch': r.get('classifier'), 'generator.model': r.get('generator'),
             'n_real': r.get('n_real'), 'n_synthetic': r.get('n_synthetic'),
             **{k: r.get(k) for k in ('top1', 'best_top1', 'final_top1', 'top5')},
-            **{f'seconds.{k}': float(sec.get(k) or 0.0) for k in _SECONDS},
+            **{f'seconds.{k}': _sec(sec.get(k)) for k in _SECONDS},
             'seconds.finetune_chain': _chain_seconds(path, r), 'per_class': r.get('per_class'), 'path': str(path)}
 
 # %% ../nbs/34_analysis.ipynb #55b96c96
@@ -66,17 +82,31 @@ def read_table(path # a CSV written by `sweep` (results_seeds.csv: one row per c
     if not rows: raise ValueError(f"{path}: the table has no rows")
     return rows
 
+# %% ../nbs/34_analysis.ipynb #9837d9a1
+def _sweep_results(folder:Path)->list:
+    "The results.json files of a sweep folder's current cells (from sweep.yaml) and seeds (from each cell's done.json), not those left by an earlier grid."
+    import yaml
+    from diffda_nb.sweep import expand_sweep, cell_name
+    spec = yaml.safe_load((folder / 'sweep.yaml').read_text()) or {}
+    out = []
+    for n in [cell_name(c) for c in expand_sweep(spec.get('grid'), spec.get('cells'))]:
+        f = folder / 'cells' / n / 'done.json'
+        if not f.exists(): raise FileNotFoundError(f"load_runs: sweep cell {n!r} of {folder} is not finished (no {f.name}); run the sweep again, or pass the cell's results.json files")
+        out += [Path(os.path.normpath(f.parent / r)) for r in json.loads(f.read_text()).get('results', [])]
+    return out
+
+
 # %% ../nbs/34_analysis.ipynb #58516c2d
 def load_runs(*sources # results.json files, folders holding them (searched recursively), sweep CSVs, or lists of rows / paths
              )->list:
-    "One list of tidy rows from any mix of the protocol's and the sweep runner's outputs."
+    "One list of tidy rows from any mix of the protocol's and the sweep runner's outputs (a sweep's folder: only its current cells and seeds)."
     rows = []
     for s in sources:
         if isinstance(s, dict): rows.append(dict(s)); continue
         if isinstance(s, (list, tuple)): rows += load_runs(*s); continue
         p = Path(s)
         if p.is_dir():
-            found = sorted(p.rglob('results.json'))
+            found = _sweep_results(p) if (p / 'sweep.yaml').is_file() else sorted(p.rglob('results.json'))
             if not found: raise FileNotFoundError(f"load_runs: no results.json below {p}")
             rows += [run_row(f) for f in found]
         elif p.suffix == '.csv': rows += read_table(p)
@@ -93,12 +123,27 @@ def select(rows:list, **where)->list:
 # %% ../nbs/34_analysis.ipynb #2fd148a5
 def _key(v): return (0, float(v), '') if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
 
+# %% ../nbs/34_analysis.ipynb #12829289
+def _check_one_config(rs:list, by:list, group:dict, who:str):
+    "Raise when the rows of one group are runs of different configs (a config field other than `by` and seed differs) or repeat a seed."
+    mixed = {k: sorted({r.get(k) for r in rs}, key=_key) for k in _config_fields(rs) if k not in by and len({r.get(k) for r in rs}) > 1}
+    if mixed:
+        k, v = next(iter(mixed.items()))
+        raise ValueError(f"{who}: the group {group} pools runs of different configs, which differ in " + '; '.join(f'{f} {vs}' for f, vs in mixed.items())
+                         + f"; select one value first (e.g. select(runs, **{{{k!r}: {v[0]!r}}})) or group by the field(s)")
+    seeds = [r.get('seed') for r in rs if r.get('seed') is not None]
+    if len(seeds) != len(set(seeds)):
+        runs = sorted({str(r.get('name') or r.get('cell') or r.get('path')) for r in rs})
+        raise ValueError(f"{who}: the group {group} holds seed(s) {sorted({s for s in seeds if seeds.count(s) > 1}, key=_key)} more than once (runs {runs}): several experiments of one recorded config; pass one of them")
+
+
 # %% ../nbs/34_analysis.ipynb #fc0d8092
 def summarize(rows:list, # tidy rows (one per run and seed), or `sweep`'s results.csv rows (`<metric>_mean`, `<metric>_std`, `n_seeds`)
               by:list, # the fields that make a group, e.g. ['method', 'utilization.strategy']
-              metric:str='top1', scale:float=100.0 # per-seed values are multiplied by `scale` (fractions → %)
+              metric:str='top1', scale:float=100.0, # per-seed values are multiplied by `scale` (fractions → %)
+              who:str='summarize' # the analysis named in errors
              )->list:
-    "Per group of equal `by` values: mean, sample std (ddof=1; 0 for one seed) and n of `metric`, in the order groups first appear."
+    "Per group of equal `by` values: mean, sample std (ddof=1; 0 for one seed) and n (seeds) of `metric`, in the order groups first appear; refuses a group that pools runs of different configs or repeats a seed."
     by = [by] if isinstance(by, str) else list(by)
     groups = {}
     for r in rows: groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
@@ -110,15 +155,16 @@ def summarize(rows:list, # tidy rows (one per run and seed), or `sweep`'s result
         else:
             bad = [r for r in rs if r.get(metric) is None]
             if bad: raise ValueError(f"summarize: {len(bad)} row(s) of {dict(zip(by, key))} have no {metric!r} (e.g. {bad[0].get('path') or bad[0]})")
+            _check_one_config(rs, by, dict(zip(by, key)), who)
             v = scale * np.asarray([r[metric] for r in rs], dtype=float)
             m, s, n = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
         out.append(dict(zip(by, key), mean=m, std=s, n=n))
     return out
 
 # %% ../nbs/34_analysis.ipynb #c6465b43
-def pivot(rows:list, index:str, columns:str, metric:str='top1', scale:float=100.0, col_order=None, row_order=None)->dict:
-    "A `index` × `columns` table of mean, std and n of `metric` over seeds (NaN / 0 where a cell was not run); numbers sort numerically."
-    summ = summarize(rows, [index, columns], metric, scale)
+def pivot(rows:list, index:str, columns:str, metric:str='top1', scale:float=100.0, col_order=None, row_order=None, who:str='pivot')->dict:
+    "A `index` × `columns` table of mean, std and n (seeds) of `metric` (NaN / 0 where a cell was not run); numbers sort numerically; refuses a cell that pools configs (`summarize`)."
+    summ = summarize(rows, [index, columns], metric, scale, who)
     ri = list(row_order) if row_order is not None else sorted(dict.fromkeys(s[index] for s in summ), key=_key)
     ci = list(col_order) if col_order is not None else sorted(dict.fromkeys(s[columns] for s in summ), key=_key)
     mean, std, n = np.full((len(ri), len(ci)), np.nan), np.full((len(ri), len(ci)), np.nan), np.zeros((len(ri), len(ci)), int)
@@ -176,16 +222,26 @@ def plot_heatmap(pv:dict, ax=None, title:str=None, cmap='viridis'):
 # %% ../nbs/34_analysis.ipynb #400d4347
 STRATEGIES = ('fc', 'fr', 'lrr', 'grr')   # UniDiffDA's four utilization strategies, in its order
 
-def baseline_accuracy(runs:list, metric:str='top1', **where)->tuple:
-    "(mean, std, n) in % of the baseline runs among `runs` (matching `where`), or None when there are none."
-    b = summarize(select(runs, method='baseline', **where), [], metric)
+_MATCH = ('dataset', 'data.shots', 'classifier.arch')   # a baseline compares with runs of the same data and classifier
+
+def baseline_accuracy(runs:list, metric:str='top1', like:list=None, **where)->tuple:
+    "(mean, std, n) in % of the baseline runs among `runs` (matching `where`, and the dataset, shots and classifier of the runs `like`), or None when there are none."
+    for k in _MATCH if like is not None else ():
+        vs = sorted({r.get(k) for r in like} - {None}, key=_key)
+        if len(vs) > 1: raise ValueError(f"baseline_accuracy: the runs span {k} {vs}, so no one baseline fits them; select one value first, e.g. select(runs, **{{{k!r}: {vs[0]!r}}})")
+        if vs: where.setdefault(k, vs[0])
+    b = summarize(select(runs, method='baseline', **where), [], metric, who='baseline_accuracy')
     return (b[0]['mean'], b[0]['std'], b[0]['n']) if b else None
 
 def utilization_study(runs:list, metric:str='top1')->dict:
-    "Accuracy by method × utilization strategy (UniDiffDA Table 8), with the baseline beside it."
+    "Accuracy by method × utilization strategy (UniDiffDA Table 8; a strategy run at several p gets a column per p), with the baseline of the same data and classifier beside it."
     rs = [r for r in runs if r.get('method') != 'baseline']
-    cols = [s for s in STRATEGIES if select(rs, **{'utilization.strategy': s})] + sorted({r['utilization.strategy'] for r in rs} - set(STRATEGIES), key=str)
-    return dict(pivot=pivot(rs, 'method', 'utilization.strategy', metric, col_order=cols), baseline=baseline_accuracy(runs, metric))
+    ps = {s: sorted({r.get('utilization.p') for r in rs if r.get('utilization.strategy') == s}, key=_key) for s in {r.get('utilization.strategy') for r in rs}}
+    col = lambda r: r.get('utilization.strategy') if len(ps[r.get('utilization.strategy')]) < 2 else f"{r.get('utilization.strategy')} p={r.get('utilization.p')}"
+    rs = [{**r, 'utilization.strategy': col(r)} for r in rs]
+    order = [s for s in STRATEGIES if s in ps] + sorted(set(ps) - set(STRATEGIES), key=str)
+    cols = [c for s in order for c in dict.fromkeys(col({'utilization.strategy': s, 'utilization.p': p}) for p in ps[s])]
+    return dict(pivot=pivot(rs, 'method', 'utilization.strategy', metric, col_order=cols, who='utilization_study'), baseline=baseline_accuracy(runs, metric, like=rs))
 
 def plot_utilization(study:dict, ax=None):
     "Grouped bars of `utilization_study`."
@@ -197,15 +253,15 @@ def strength_study(runs:list, by:str='method', metric:str='top1')->dict:
     "Accuracy against the SDEdit strength, one line per value of `by` (UniDiffDA Fig. 10 / Table 9)."
     rs = [r for r in runs if r.get('method.strength') is not None]
     if not rs: raise ValueError("strength_study: no run has a 'method.strength' (sweep method.strength, or pass results.json of SDEdit methods)")
-    return dict(pivot=pivot(rs, by, 'method.strength', metric), baseline=baseline_accuracy(runs, metric))
+    return dict(pivot=pivot(rs, by, 'method.strength', metric, who='strength_study'), baseline=baseline_accuracy(runs, metric, like=rs))
 
 def strength_p_grid(runs:list, metric:str='top1', strategies=('lrr', 'grr'))->dict:
     "Accuracy over strength (rows) × replacement probability p (columns) of the random-replacement runs (UniDiffDA Fig. 11), and how much each factor moves it."
     rs = [r for r in runs if r.get('utilization.strategy') in strategies and r.get('utilization.p') is not None and r.get('method.strength') is not None]
     if not rs: raise ValueError(f"strength_p_grid: no run with a strength, a p and a strategy in {strategies}")
-    pv = pivot(rs, 'method.strength', 'utilization.p', metric)
+    pv = pivot(rs, 'method.strength', 'utilization.p', metric, who='strength_p_grid')   # refuses runs of several strategies or methods in one cell
     spread = lambda a: float(np.nanmean(np.nanmax(a, 1) - np.nanmin(a, 1)))
-    return dict(pivot=pv, baseline=baseline_accuracy(runs, metric),
+    return dict(pivot=pv, baseline=baseline_accuracy(runs, metric, like=rs),
                 range_over_strength=spread(pv['mean'].T), range_over_p=spread(pv['mean']))   # mean over the other factor of (max − min)
 
 # %% ../nbs/34_analysis.ipynb #4a52a817
@@ -219,7 +275,7 @@ def size_expansion(runs:list, real:str='data.shots', expansion:str='method.multi
     rs = [{**r, expansion: 0 if r.get('method') == 'baseline' else r.get(expansion)} for r in runs]
     rs = [r for r in rs if r.get(real) is not None and r.get(expansion) is not None]
     if not rs: raise ValueError(f"size_expansion: no run has both {real!r} and {expansion!r}")
-    return dict(pivot=pivot(rs, real, expansion, metric))
+    return dict(pivot=pivot(rs, real, expansion, metric, who='size_expansion'))
 
 def plot_size_expansion(study:dict, axs=None):
     "The heat map and the accuracy-vs-expansion lines, one per real-data size."
@@ -231,7 +287,7 @@ def plot_size_expansion(study:dict, axs=None):
 # %% ../nbs/34_analysis.ipynb #c529dde0
 def arch_study(runs:list, metric:str='top1', arch:str='classifier.arch')->dict:
     "Accuracy by method × classifier architecture and each method's gain over the baseline of the same architecture (absolute and relative, %) — UniDiffDA Table 16."
-    pv = pivot(runs, 'method', arch, metric)
+    pv = pivot(runs, 'method', arch, metric, who='arch_study')
     if 'baseline' not in pv['rows']: raise ValueError("arch_study: no baseline runs; gains need the baseline of each architecture")
     b = pv['mean'][pv['rows'].index('baseline')]
     return dict(pivot=pv, gain=pv['mean'] - b, relative_gain=100 * (pv['mean'] - b) / b)
@@ -342,10 +398,10 @@ def plot_cost(cost:dict, ax=None):
 def steps_study(runs:list, by:str='method', steps:str='method.steps', metric:str='top1')->dict:
     "Accuracy and generation seconds against the number of sampling steps T, with the speed-up over the largest T (UniDiffDA Table 19)."
     rs = [r for r in runs if r.get(steps) is not None and r.get('method') != 'baseline']
-    pv = pivot(rs, by, steps, metric)
-    sec = pivot(rs, by, steps, 'seconds.generate', scale=1.0) if all('seconds.generate' in r for r in rs) else None
+    pv = pivot(rs, by, steps, metric, who='steps_study')
+    sec = pivot(rs, by, steps, 'seconds.generate', scale=1.0, who='steps_study') if all('seconds.generate' in r for r in rs) else None
     speed = sec['mean'][:, [-1]] / sec['mean'] if sec is not None else None
-    return dict(pivot=pv, seconds=sec, speedup=speed, baseline=baseline_accuracy(runs, metric))
+    return dict(pivot=pv, seconds=sec, speedup=speed, baseline=baseline_accuracy(runs, metric, like=rs))
 
 def plot_steps(study:dict, axs=None):
     "Accuracy vs steps, and generation seconds vs steps."

@@ -432,16 +432,26 @@ def load_chain(pipe, # a fresh pipeline of the base model
 def _gen_size(cfg)->int: return cfg.generator.size or (64 if cfg.generator.model == RANDOM_TINY else None)
 
 # %% ../nbs/30_protocol.ipynb #74aa97cd
+def _finetune_key(cfg)->dict:
+    "What the generator section adds to a fine-tuning step's fingerprint, each only where it departs from the default (so CPU fp32 runs at the model's own size keep their folders): the training size and the precision the weights are loaded and trained in. The device itself only changes speed, so it is left out; a GPU changes the precision, which is in."
+    from diffda_nb.core import pick_dtype
+    dev = pick_device(cfg.generator.device)
+    dtype = str(pick_dtype(dev, cfg.generator.dtype)).replace('torch.', '')
+    autocast = str(pick_dtype(dev)).replace('torch.', '') if dev.type == 'cuda' else None   # a step's mixed_precision None (`finetune._accelerator`)
+    key = dict(size=cfg.generator.size, dtype=dtype if dtype != 'float32' else None, autocast=autocast)
+    return {k: v for k, v in key.items() if v is not None}
+
 def _finetune(cfg, r, train, seed, folder:Path, force:bool, progress:bool=True)->tuple:
-    "Stage ①: the recipe's fine-tuning steps in order, each cached by its settings and resumable; returns (step folders, seconds)."
+    "Stage ①: the recipe's fine-tuning steps in order, each cached by its settings and resumable; returns (step folders, seconds, whether every step was found done)."
     from diffda_nb.models import load_sd
     steps = r['recipe'].stages(r['params'])
     settings = stage_settings(steps, r['params']['finetune'], r['recipe'].name)
-    chain, seconds, pipe = [], 0.0, None
+    chain, seconds, pipe, cached, gk = [], 0.0, None, True, _finetune_key(cfg)
     for k, step in enumerate(steps):
-        fp = fingerprint(cfg.data, cfg.generator.model, seed, steps[:k + 1], [settings[s] for s in steps[:k + 1]])
-        out = Path(cfg.out_dir)/'finetuned'/f'{step}-{fp}'  # shared by every experiment of this out_dir with the same data, seed and settings
+        fp = fingerprint(cfg.data, cfg.generator.model, seed, steps[:k + 1], [settings[s] for s in steps[:k + 1]], *([gk] if gk else []))
+        out = Path(cfg.out_dir)/'finetuned'/f'{step}-{fp}'  # shared by every experiment of this out_dir with the same data, seed, size, precision and settings
         if _stage_done(out, fp, force, f'fine-tuning step {step!r}'): chain.append(out); pipe = None; continue
+        cached = False
         t0 = time.time()
         if pipe is None:  # fresh base model carrying the finished steps (a step just run leaves its result in `pipe`)
             pipe = load_chain(load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype), chain)
@@ -452,7 +462,7 @@ def _finetune(cfg, r, train, seed, folder:Path, force:bool, progress:bool=True)-
         if step == 'esd': pipe.unet = result  # ESD returns the erased UNet and leaves `pipe` as it was
         _mark_done(out, fp, step=step)
         chain.append(out); seconds += time.time() - t0
-    return chain, seconds
+    return chain, seconds, cached
 
 # %% ../nbs/30_protocol.ipynb #40eeefe8
 def _generation_done(gen:Path, fp:str, force:bool)->bool:
@@ -466,14 +476,22 @@ def _generation_done(gen:Path, fp:str, force:bool)->bool:
     (gen/'stage.json').unlink()
     return False
 
+def _stage_seconds(gen:Path)->float:
+    "Seconds a finished generation stage took when it ran: its stage.json (sets made before this was recorded: generation.json's `generation_s`)."
+    s = (_read_marker(gen/'stage.json') or {}).get('seconds')
+    if s is None: s = (_read_marker(gen/'generation.json') or {}).get('generation_s')
+    return float(s or 0.0)
+
 def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, progress:bool, tuned=None):
     from diffda_nb.generate import generate
     from diffda_nb.core import Manifest
     from diffda_nb.models import load_sd
     gen = folder/'generated'
     fp = fingerprint(cfg.data, cfg.method, cfg.generator, seed)
-    if on_rank0(_generation_done, gen, fp, force): return Manifest(gen/'manifest.jsonl'), 0.0
+    if on_rank0(_generation_done, gen, fp, force): return Manifest(gen/'manifest.jsonl'), on_rank0(_stage_seconds, gen), True
     t0 = time.time()
+    with warnings.catch_warnings(record=True):   # rows an interrupted call already made: their seconds count too
+        prior = sum(row.get('time_s') or 0.0 for row in Manifest(gen/'manifest.jsonl').rows) if (gen/'manifest.jsonl').exists() else 0.0
     overrides = {k: v for k, v in asdict(cfg.method).items() if k not in ('name', 'options')}
     if tuned:  # a fine-tuned generator is specific to this seed's split: load it fresh
         from diffda_nb.finetune import read_card
@@ -487,17 +505,23 @@ def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, pro
     m = generate(pipe, jobs, gen, source_images=train, size=_gen_size(cfg), batch_size=cfg.generator.batch_size,
                  scheduler=cfg.generator.scheduler, progress=progress, generator_name=str(cfg.generator.model),
                  sampler=r['recipe'].sampler(params))
-    on_rank0(_mark_done, gen, fp, jobs=len(jobs))
-    return m, time.time() - t0
+    secs = prior + time.time() - t0
+    on_rank0(_mark_done, gen, fp, jobs=len(jobs), seconds=round(secs, 2))   # read back when a later run reuses the set
+    return m, secs, False
 
 # %% ../nbs/30_protocol.ipynb #58b5ee30
 def _filter(cfg, train, manifest, seed, progress:bool)->tuple:
-    "Filtering (UniDiffDA §4.4): score every synthetic row once (cached in generated/filter/), keep the ⌈(1−r)·n⌉ best; returns (kept ids, summary)."
-    from diffda_nb.filtering import filter_spec, make_scorer, filter_manifest
-    spec = filter_spec(cfg.utilization.filter); cache = Path(manifest.path).parent/'filter'
+    "Filtering (UniDiffDA §4.4): score every synthetic row once (cached in generated/filter/), keep the ⌈(1−r)·n⌉ best; returns (kept ids, summary, seconds the scoring took when it ran, whether every score was cached)."
+    from diffda_nb.filtering import filter_spec, make_scorer, filter_manifest, _digest, _read_scores
+    t0, spec = time.time(), filter_spec(cfg.utilization.filter); cache = Path(manifest.path).parent/'filter'
     scorer = make_scorer(spec, train, cfg.generator.model, asdict(cfg.classifier), seed, cache, cfg.generator.device, progress)
+    scores = cache/f"{scorer.name}-{_digest(scorer.settings())}.jsonl"; rec = scores.with_name(f'{scores.stem}.stage.json')
+    cached = set(_read_scores(scores)) >= {r['id'] for r in manifest.rows}
     res = filter_manifest(manifest, scorer, spec.drop, cache, spec.batch_size, progress)
-    return res.kept, res.summary()
+    secs = time.time() - t0
+    if not cached: write_json(dict(seconds=round(secs, 2)), rec)   # read back when a later run reuses the scores
+    elif (_read_marker(rec) or {}).get('seconds') is not None: secs = _read_marker(rec)['seconds']
+    return res.kept, res.summary(), secs, cached
 
 # %% ../nbs/30_protocol.ipynb #52bcbce9
 def _train(cfg, r, train, test, manifest, seed, progress:bool, ids=None, ckpt=None, fp:str='', force:bool=False, train_full=None, split=None)->dict:
@@ -540,15 +564,15 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
             paths.append(res_path); continue
         seed_everything(seed)
         t0 = time.time(); split, train = _split(cfg, train_full, seed, folder); t_split = time.time() - t0
-        manifest, t_gen, tuned, t_ft = None, 0.0, None, 0.0
+        manifest, t_gen, tuned, t_ft, cached = None, 0.0, None, 0.0, {}   # cached: the stages this run found done (their seconds: what they took when run)
         if r['recipe'].finetune != 'none':
-            tuned, t_ft = on_rank0(_finetune, cfg, r, train, seed, folder, force, progress)
+            tuned, t_ft, cached['finetune'] = on_rank0(_finetune, cfg, r, train, seed, folder, force, progress)
             write_json([str(p.relative_to(cfg.out_dir)) for p in tuned], folder/'finetuned.json')  # this seed's generator: step folders in order
-        if r['recipe'].generation != 'none': manifest, t_gen = _generate(cfg, r, train, seed, folder, pipe_cache, force, progress, tuned)
+        if r['recipe'].generation != 'none': manifest, t_gen, cached['generate'] = _generate(cfg, r, train, seed, folder, pipe_cache, force, progress, tuned)
         if until == 'generate': continue
-        t0 = time.time(); kept, filt = (None, None)
-        if cfg.utilization.filter is not None and manifest is not None and r['strategy'] != 'none': kept, filt = on_rank0(_filter, cfg, train, manifest, seed, progress)
-        t_filter = time.time() - t0
+        kept, filt, t_filter = None, None, 0.0
+        if cfg.utilization.filter is not None and manifest is not None and r['strategy'] != 'none':
+            kept, filt, t_filter, cached['filter'] = on_rank0(_filter, cfg, train, manifest, seed, progress)
         t0 = time.time(); out = on_rank0(_train, cfg, r, train, test, manifest, seed, progress, kept, folder/'classifier_checkpoint', fp, force, train_full, split); t_train = time.time() - t0
         result = dict(name=cfg.name, method=r['recipe'].name, method_title=r['recipe'].title, seed=seed, fingerprint=fp,
                       dataset=cfg.data.name, shots=cfg.data.shots, task=cfg.data.task, params={k: v for k, v in r['params'].items() if k != 'card'},
@@ -557,7 +581,7 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
                       finetuned=[str(p.relative_to(cfg.out_dir)) for p in tuned] if tuned else None,
                       top1=out['top1'], best_top1=out['best_top1'], final_top1=out['final_top1'], best_epoch=out['best_epoch'],
                       top5=out['top5'], report=out['report'], classifier_protocol=out['protocol'], per_class=out['per_class'], history=out['history'],
-                      seconds=dict(split=round(t_split, 2), finetune=round(t_ft, 2), generate=round(t_gen, 2), filter=round(t_filter, 2), train=round(t_train, 2)),
+                      seconds=dict(split=round(t_split, 2), finetune=round(t_ft, 2), generate=round(t_gen, 2), filter=round(t_filter, 2), train=round(t_train, 2)), cached=cached,
                       device=str(pick_device(cfg.generator.device)), config=asdict(cfg))
         if rank == 0:
             write_json(result, res_path)

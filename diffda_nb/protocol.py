@@ -512,16 +512,16 @@ def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, pro
 # %% ../nbs/30_protocol.ipynb #58b5ee30
 def _filter(cfg, train, manifest, seed, progress:bool)->tuple:
     "Filtering (UniDiffDA §4.4): score every synthetic row once (cached in generated/filter/), keep the ⌈(1−r)·n⌉ best; returns (kept ids, summary, seconds the scoring took when it ran, whether every score was cached)."
-    from diffda_nb.filtering import filter_spec, make_scorer, filter_manifest, _digest, _read_scores, _row_fp
+    from diffda_nb.filtering import filter_spec, make_scorer, filter_manifest, _digest
     t0, spec = time.time(), filter_spec(cfg.utilization.filter); cache = Path(manifest.path).parent/'filter'
     scorer = make_scorer(spec, train, cfg.generator.model, asdict(cfg.classifier), seed, cache, cfg.generator.device, progress)
     scores = cache/f"{scorer.name}-{_digest(scorer.settings())}.jsonl"; rec = scores.with_name(f'{scores.stem}.stage.json')
-    done = _read_scores(scores)   # cached: score_manifest will find nothing to score (every row present with its row/image fingerprint)
-    cached = all(r['id'] in done and manifest.image_path(r).exists() and done[r['id']][0] == _row_fp(manifest, r) for r in manifest.rows)
+    size = lambda: scores.stat().st_size if scores.exists() else None
+    before = size()
     res = filter_manifest(manifest, scorer, spec.drop, cache, spec.batch_size, progress)
-    secs = time.time() - t0
+    secs, cached = time.time() - t0, before is not None and size() == before   # nothing appended: score_manifest found every row's score (and fingerprint) cached
     if not cached: write_json(dict(seconds=round(secs, 2)), rec)   # read back when a later run reuses the scores
-    elif (_read_marker(rec) or {}).get('seconds') is not None: secs = _read_marker(rec)['seconds']
+    elif (ran := _read_marker(rec) or {}).get('seconds') is not None: secs = ran['seconds']
     return res.kept, res.summary(), secs, cached
 
 # %% ../nbs/30_protocol.ipynb #52bcbce9

@@ -86,10 +86,10 @@ def read_table(path # a CSV written by `sweep` (results_seeds.csv: one row per c
 def _sweep_results(folder:Path)->list:
     "The results.json files of a sweep folder's current cells (from sweep.yaml) and seeds (from each cell's done.json), not those left by an earlier grid."
     import yaml
-    from diffda_nb.sweep import expand_sweep, cell_name
+    from diffda_nb.sweep import expand_sweep, cell_names
     spec = yaml.safe_load((folder / 'sweep.yaml').read_text()) or {}
     out = []
-    for n in [cell_name(c) for c in expand_sweep(spec.get('grid'), spec.get('cells'))]:
+    for n in cell_names(expand_sweep(spec.get('grid'), spec.get('cells'))):
         f = folder / 'cells' / n / 'done.json'
         if not f.exists(): raise FileNotFoundError(f"load_runs: sweep cell {n!r} of {folder} is not finished (no {f.name}); run the sweep again, or pass the cell's results.json files")
         out += [Path(os.path.normpath(f.parent / r)) for r in json.loads(f.read_text()).get('results', [])]

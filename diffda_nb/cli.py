@@ -54,7 +54,7 @@ def sdedit_grid(out, model:str='mini', strengths=(0.3, 0.6, 0.9), steps:int=10, 
 # %% ../nbs/40_cli.ipynb #4a7e161e
 def real_vs_synthetic(run_dir, out_png, n:int=6)->Path:
     "A picture of the first `n` real training images of a run (its first seed) above their synthetic variants."
-    from diffda_nb.core import Manifest, grid_image, save_image, load_image
+    from diffda_nb.core import Manifest, grid_image, save_image
     from diffda_nb.data import load_split, load_dataset
     from diffda_nb.protocol import load_config
     cfg = load_config(Path(run_dir)/'config.yaml')
@@ -64,7 +64,7 @@ def real_vs_synthetic(run_dir, out_png, n:int=6)->Path:
     by_src = m.group_by('source_index')
     cols = sorted(by_src)[:n]
     reals = [train.image(i).resize((64, 64)) for i in cols]
-    fakes = [[load_image(m.image_path(r)) for r in by_src[i]] for i in cols]
+    fakes = [[m.image(r) for r in by_src[i]] for i in cols]
     rows = reals + [f[j] for j in range(min(len(f) for f in fakes)) for f in fakes]
     return save_image(grid_image(rows, ncols=len(cols)), out_png)
 

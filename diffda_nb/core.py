@@ -6,7 +6,7 @@
 __all__ = ['MANIFEST_FIELDS', 'seed_everything', 'make_generator', 'pick_device', 'pick_dtype', 'env_flag', 'cache_root',
            'to_rgb', 'load_image', 'sample_photos', 'images_to_tensor', 'tensor_to_pil', 'show_images', 'grid_image',
            'atomic_write', 'save_image', 'write_json', 'normalize_label_weights', 'soft_label', 'Manifest',
-           'clean_doc_markdown', 'doc_renderer']
+           'content_box', 'clean_doc_markdown', 'doc_renderer']
 
 # %% ../nbs/00_core.ipynb #4cc07af1
 import contextlib, json, os, random, re, shutil, tempfile, math
@@ -394,6 +394,36 @@ def group_by(self:Manifest, field:str)->dict:
 def missing_files(self:Manifest)->list:
     "Ids of rows whose image file does not exist."
     return [r['id'] for r in self._rows if not (self.root / r['path']).exists()]
+
+# %% ../nbs/00_core.ipynb #1ba0a6ff
+def content_box(size, # (width, height) of the frame
+                content:float # the share of each side the content fills, in (0, 1]
+               )->tuple:
+    "The (left, top, right, bottom) pixel box of centred content: where `jobs.prepare_source` pastes a padded source and what `Manifest.image` crops."
+    if isinstance(content, bool) or not isinstance(content, (int, float)) or not 0 < content <= 1:
+        raise ValueError(f"content: expected a fraction in (0, 1], got {content!r}")
+    w, h = size; cw, ch = round(w * content), round(h * content)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return left, top, left + cw, top + ch
+
+@patch
+def content(self:Manifest, row_or_id)->float:
+    "The share of the frame a row's content fills: its `content` field, else its folder's `generation*.json` `source_content`; None: the whole image."
+    row = self[row_or_id] if not isinstance(row_or_id, dict) else row_or_id
+    if 'content' in row: return row['content']
+    if getattr(self, '_folder_content', 'unread') == 'unread':
+        found = []
+        for p in sorted(self.root.glob('generation*.json')):
+            try: found.append(json.loads(p.read_text()).get('source_content'))
+            except (ValueError, AttributeError) as e: raise ValueError(f"{p}: cannot read source_content ({e})") from None
+        self._folder_content = next((c for c in found if c is not None), None)
+    return self._folder_content
+
+@patch
+def image(self:Manifest, row_or_id)->Image.Image:
+    "A row's image as the real data looks: RGB, cropped to the centred `content` box when its generator framed content smaller."
+    img, c = load_image(self.image_path(row_or_id)), self.content(row_or_id)
+    return img if c is None or c == 1 else img.crop(content_box(img.size, c))
 
 # %% ../nbs/00_core.ipynb #4b528a18
 def clean_doc_markdown(md:str)->str:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import Manifest, atomic_write, load_image, soft_label, to_rgb, write_json
+from .core import Manifest, atomic_write, soft_label, to_rgb, write_json
 from .utilization import _row_class
 from .data import fill_prompt
 
@@ -176,7 +176,7 @@ def score_manifest(manifest, # a `core.Manifest` or its path
     todo = [r for r in manifest.rows if r['id'] not in done or done[r['id']][0] != fps[r['id']]]   # new, or another row/image under this id
     for a in tqdm(range(0, len(todo), batch_size), desc=f'{scorer.name} scores', disable=not progress or not todo):
         rows = todo[a:a + batch_size]
-        cs = scorer.class_scores([load_image(manifest.image_path(r)) for r in rows])
+        cs = scorer.class_scores([manifest.image(r) for r in rows])
         new = {r['id']: (fps.get(r['id']), row_score(c, r)) for r, c in zip(rows, cs)}
         if path is not None: _append_scores(path, new)
         done.update(new)
@@ -253,7 +253,7 @@ def show_scored(manifest, # a `core.Manifest` or its path
             for s in ax.spines.values(): s.set_visible(False)
             if j == 0: ax.set_ylabel(classes[c] if classes else str(c), fontsize=7)
             if r is None: continue
-            ax.imshow(load_image(manifest.image_path(r)), interpolation='nearest'); ax.set_title(f"{scores[r['id']]:.2f}", fontsize=6)
+            ax.imshow(manifest.image(r), interpolation='nearest'); ax.set_title(f"{scores[r['id']]:.2f}", fontsize=6)
             if keep is not None and r['id'] not in keep:
                 for s in ax.spines.values(): s.set_visible(True); s.set_color('red'); s.set_linewidth(2)
     fig.suptitle(f'best {n} | worst {n} per class', fontsize=8); fig.tight_layout()

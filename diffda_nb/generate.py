@@ -21,11 +21,11 @@ from .engine import _batch_size, _batches, _new_stats, _pipe_name, _prepare_call
 
 # %% ../nbs/05b_generate.ipynb #548291eb
 _CHECK_FIELDS = ('source_index', 'prompt', 'negative_prompt', 'strength', 'seed', 'steps', 'guidance', 'scheduler', 'size', 'prompt_embeds',
-                 'sampler', 'sources', 'params')
-_NEW_FIELDS = ('sampler', 'sources', 'params')
+                 'sampler', 'sources', 'params', 'content')
+_NEW_FIELDS = ('sampler', 'sources', 'params')   # rows written before these existed lack them (`content`: `Manifest.image` reads generation.json)
 
-def _row(job:Job, size, scheduler_name:str, generator_name:str, sampler_name:str='sdedit')->dict:
-    "The manifest row of a job (without timing)."
+def _row(job:Job, size, scheduler_name:str, generator_name:str, sampler_name:str='sdedit', content:float=None)->dict:
+    "The manifest row of a job (without timing); `content`: the share of the frame the real geometry fills (`Manifest.image` crops it)."
     lw = job.label_weights if job.label_weights is not None else ({job.target_class: 1.0} if job.target_class is not None else None)
     row = dict(id=job.id, path=f'images/{job.id}.png', source_index=int(job.source_index), source_class=job.source_class,
                target_class=job.target_class, label_weights=normalize_label_weights(lw) if lw is not None else None,
@@ -33,6 +33,7 @@ def _row(job:Job, size, scheduler_name:str, generator_name:str, sampler_name:str
                method=job.method, generator=generator_name, scheduler=scheduler_name, steps=int(job.num_inference_steps),
                guidance=float(job.guidance_scale), size=list(size), sampler=sampler_name, sources=job.all_sources, params=dict(job.params))
     if job.prompt_embeds is not None: row['prompt_embeds'] = job.prompt_embeds
+    if content is not None: row['content'] = float(content)
     row.update(job.extra)
     return row
 
@@ -267,9 +268,9 @@ def _check_same_settings(jobs:list, done:dict, out_dir:Path, row):
     for j in jobs:
         if j.id not in done: continue
         want, have = row(j), done[j.id]
-        diff = [k for k in _CHECK_FIELDS if k in want and json.loads(json.dumps(want[k])) != have.get(k)
+        diff = [k for k in _CHECK_FIELDS if (k in want or k in have) and json.loads(json.dumps(want.get(k))) != have.get(k)
                 and not (k in _NEW_FIELDS and k not in have)]   # rows written before samplers existed lack these
-        if diff: raise ValueError(f"out_dir {out_dir} already holds image {j.id!r} made with other settings ({', '.join(f'{k}: {have.get(k)!r} vs {want[k]!r}' for k in diff)}); use a new out_dir")
+        if diff: raise ValueError(f"out_dir {out_dir} already holds image {j.id!r} made with other settings ({', '.join(f'{k}: {have.get(k)!r} vs {want.get(k)!r}' for k in diff)}); use a new out_dir")
 
 def _remove_temps(out_dir:Path, jobs:list):
     "Delete the temp files a killed run left for these jobs' images."
@@ -358,7 +359,7 @@ def generate(pipe, # a StableDiffusionImg2ImgPipeline (or compatible), on the de
     _check_writable(out_dir)
     with folder_lock(out_dir, rank, world_size, what='out_dir'):   # one writer per folder (the ranks of one run share it)
         gname = generator_name or _pipe_name(pipe)
-        row = lambda j: _row(j, size, sched_name, gname, sampler.name)
+        row = lambda j: _row(j, size, sched_name, gname, sampler.name, content)
         done, todo = _resume(out_dir, mpath, jobs, mine, row, world_size)
         stats = _new_stats()
         prepare = partial(_prepare_state, pipe, sampler, jobs, source_images, size, out_dir / 'prepared', progress, content)

@@ -15,7 +15,7 @@ import torch
 from fastcore.basics import patch
 from PIL import Image, ImageOps
 
-from .core import MANIFEST_FIELDS, normalize_label_weights, to_rgb
+from .core import MANIFEST_FIELDS, content_box, normalize_label_weights, to_rgb
 from . import models
 
 # %% ../nbs/05_jobs.ipynb #309f5915
@@ -212,10 +212,10 @@ def prepare_source(img, # a PIL image of any mode / size (or anything `core.to_r
     img = to_rgb(img)
     if img.size == (w, h): return img
     if content is None: return ImageOps.fit(img, (w, h), method=Image.Resampling.BICUBIC)
-    if not 0 < content <= 1: raise ValueError(f"content: expected a fraction in (0, 1], got {content!r}")
-    cw, ch = round(w * content), round(h * content)
+    left, top, right, bottom = content_box((w, h), content)   # the box `core.Manifest.image` crops back out of the outputs
+    cw, ch = right - left, bottom - top
     inner = img if img.size == (cw, ch) else ImageOps.fit(img, (cw, ch), method=Image.Resampling.BICUBIC)
-    out = Image.new('RGB', (w, h)); out.paste(inner, ((w - cw) // 2, (h - ch) // 2))
+    out = Image.new('RGB', (w, h)); out.paste(inner, (left, top))
     return out
 
 # %% ../nbs/05_jobs.ipynb #2da393eb

@@ -187,9 +187,14 @@ class InceptionFeatures(FeatureExtractor):
     def settings(self): return dict(name=self.name, dim=2048, weights=self.weights or 'pt_inception-2015-12-05')
     @torch.no_grad()
     def __call__(self, images):
-        # uint8 299×299 RGB, the network's own input (it would resize anything else itself, bilinearly)
-        x = np.stack([np.asarray(to_rgb(im).resize((299, 299), Image.Resampling.BILINEAR)) for im in images])
-        return self.net(torch.from_numpy(x).permute(0, 3, 1, 2).to(self.device)).float().cpu()
+        # uint8 RGB at each image's own size: the network resizes to 299 itself (TF1-style bilinear), as torchmetrics' FID does;
+        # resizing here first (e.g. with PIL) would give FIDs that are not comparable with the literature's
+        arrs = [np.asarray(to_rgb(im)) for im in images]; out = [None] * len(arrs)
+        for shape in dict.fromkeys(a.shape for a in arrs):   # one forward pass per image size, in first-seen order
+            idx = [i for i, a in enumerate(arrs) if a.shape == shape]
+            f = self.net(torch.from_numpy(np.stack([arrs[i] for i in idx])).permute(0, 3, 1, 2).to(self.device)).float().cpu()
+            for i, row in zip(idx, f): out[i] = row
+        return torch.stack(out)
 
 # %% ../nbs/23_metrics.ipynb #624658d6
 def feature_extractor(name:str='mini', # 'mini', 'clip' / 'clip-mini', 'clip:<open_clip model>' (e.g. 'clip:ViT-B-32'), or 'inception'
@@ -214,7 +219,7 @@ def _source_items(source, labels=None)->tuple:
         if not rows: raise ValueError(f"manifest {source.path}: no rows")
         missing = source.missing_files()
         if missing: raise FileNotFoundError(f"manifest {source.path}: {len(missing)} image file(s) missing, e.g. {source.image_path(missing[0])}")
-        return len(rows), np.array([_row_class(r) for r in rows]), lambda a, b: [load_image(source.image_path(r)) for r in rows[a:b]]
+        return len(rows), np.array([_row_class(r) for r in rows]), lambda a, b: [source.image(r) for r in rows[a:b]]
     if isinstance(source, torch.Tensor):
         if source.ndim != 4 or not source.is_floating_point(): raise ValueError(f"images: expected a float tensor N×C×H×W in [-1, 1], got {source.dtype} {tuple(source.shape)}")
         get = lambda a, b: tensor_to_pil(source[a:b].expand(-1, 3, -1, -1) if source.shape[1] == 1 else source[a:b])
@@ -266,7 +271,8 @@ def _all_metrics(r:np.ndarray, g:np.ndarray, k:int, k_dc:int, kid_subsets:int, k
     if min(len(r), len(g)) < 2: return out
     kid_m, kid_s = kid(r, g, kid_subsets, kid_subset_size, seed)
     out.update(fid=fid(r, g), kid=kid_m, kid_std=kid_s)
-    if min(len(r), len(g)) > max(k, k_dc): out.update(**precision_recall(r, g, k), **density_coverage(r, g, k_dc))
+    if min(len(r), len(g)) > k: out.update(**precision_recall(r, g, k))   # each needs more points than its k, tested apart
+    if min(len(r), len(g)) > k_dc: out.update(**density_coverage(r, g, k_dc))
     return out
 
 # %% ../nbs/23_metrics.ipynb #664e227a

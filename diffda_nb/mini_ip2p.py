@@ -5,8 +5,9 @@
 # %% auto #0
 __all__ = ['EDITS', 'STYLE_TEMPLATE', 'MINI_STYLES', 'IP2P_RECIPES', 'MINI_IP2P_MAX_MB', 'gaussian_blur', 'edit_brighter',
            'edit_darker', 'edit_invert', 'edit_blur', 'edit_outline', 'edit_stripes', 'edit_checker', 'Edit',
-           'captions', 'IP2PRecipe', 'ip2p_unet', 'edit_latents', 'train_ip2p', 'save_editor', 'edit_images',
-           'held_out_images', 'mini_ip2p_quality', 'train_mini_ip2p', 'write_ip2p_card', 'publish_mini_ip2p']
+           'captions', 'vae_references', 'strictly_edited', 'IP2PRecipe', 'ip2p_unet', 'edit_latents', 'train_ip2p',
+           'save_editor', 'edit_images', 'held_out_images', 'mini_ip2p_quality', 'train_mini_ip2p', 'write_ip2p_card',
+           'publish_mini_ip2p']
 
 # %% ../nbs/33_mini_ip2p.ipynb #e273c124
 import json, math, shutil, time
@@ -119,6 +120,27 @@ def captions(edits:dict=None)->list:
     "Every training caption: row 0 is '' (dropped text); then per edit its instructions and its DiffuseMix-style prompt."
     edits = list((edits or EDITS).values())
     return [''] + [c for e in edits for c in (*e.instructions, STYLE_TEMPLATE.format(e.style))]
+
+# %% ../nbs/33_mini_ip2p.ipynb #26a46ea4
+@torch.no_grad()
+def vae_references(vae, # the VAE the editor decodes with (`pipe.vae`)
+                   src:torch.Tensor, # sources, N×3×H×W in [-1, 1]
+                   edits:dict=None # default `EDITS`
+                  )->torch.Tensor:
+    "The source and each procedural edit of it after the VAE round trip an editor's output takes (posterior mean): (1 + K)×N×3×H×W."
+    rt = lambda x: vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().cpu().clamp(-1, 1)
+    return torch.stack([rt(src)] + [rt(e(src)) for e in (edits or EDITS).values()])
+
+def _contrast(x:torch.Tensor)->torch.Tensor: return _p(_grey(x)).flatten(1).std(1)
+
+def strictly_edited(name:str, # the edit asked for (a key of `edits`)
+                    src:torch.Tensor, out:torch.Tensor, # sources and the editor's outputs, N×3×H×W in [-1, 1]
+                    refs:torch.Tensor, # `vae_references(vae, src, edits)`
+                    edits:dict=None, threshold:float=0.5)->torch.Tensor:
+    "Edited, and specifically so: progress ≥ `threshold`, at least half the procedural edit's contrast, and this edit's VAE-matched reference the nearest one."
+    edits = edits or EDITS; e = edits[name]
+    nearest = ((refs - out[None]) ** 2).flatten(2).mean(2).argmin(0) == 1 + list(edits).index(name)
+    return e.edited(src, out, threshold) & (_contrast(out) >= 0.5 * _contrast(e(src))) & nearest
 
 # %% ../nbs/33_mini_ip2p.ipynb #bad554b4
 @dataclass
@@ -241,18 +263,22 @@ def mini_ip2p_quality(folder=None, # an editor folder (default: the shipped 'min
     net = load_feature_net(device=device); q = {}
     for classes in ('seen', 'held_out'):
         x, y = held_out_images(per_edit if classes == 'seen' else max(1, per_edit // 4), seed, classes, dataset); xs = to_mini_tensor(x)
-        res = {}
+        refs, res = vae_references(pipe.vae, xs, edits), {}
+        share = lambda b: round(float(np.mean(np.asarray(b, dtype=float))), 4)
         for k, (name, e) in enumerate(edits.items()):
             out = edit_images(pipe, xs, e.instructions[0], seed + 1000 * k, steps, text_guidance, image_guidance)
             prog = e.progress(xs, out)
             kept = classify(out, net, device).argmax(1).numpy() == y
             kept_target = classify(e(xs), net, device).argmax(1).numpy() == y
-            res[name] = dict(instruction=e.instructions[0], edited=round(float((prog >= 0.5).float().mean()), 4),
-                             median_progress=round(float(prog.median()), 3), class_kept=round(float(kept.mean()), 4),
-                             class_kept_by_procedural_edit=round(float(kept_target.mean()), 4))
-        q[classes] = dict(n_images=len(x), per_edit=res, mean_edited=round(float(np.mean([r['edited'] for r in res.values()])), 4),
-                          mean_class_kept=round(float(np.mean([r['class_kept'] for r in res.values()])), 4))
-    q.update(steps=steps, text_guidance=text_guidance, image_guidance=image_guidance, scheduler='euler-a', success='progress >= 0.5')
+            kept_target_vae = classify(refs[1 + k], net, device).argmax(1).numpy() == y
+            res[name] = dict(instruction=e.instructions[0], edited=share(prog >= 0.5), edited_strict=share(strictly_edited(name, xs, out, refs, edits)),
+                             median_progress=round(float(prog.median()), 3), class_kept=share(kept),
+                             class_kept_by_procedural_edit=share(kept_target), class_kept_by_procedural_edit_vae=share(kept_target_vae))
+        mean = lambda f: round(float(np.mean([r[f] for r in res.values()])), 4)
+        q[classes] = dict(n_images=len(x), per_edit=res, mean_edited=mean('edited'), mean_edited_strict=mean('edited_strict'),
+                          mean_class_kept=mean('class_kept'), class_kept_source_vae=share(classify(refs[0], net, device).argmax(1).numpy() == y))
+    q.update(steps=steps, text_guidance=text_guidance, image_guidance=image_guidance, scheduler='euler-a', success='progress >= 0.5',
+             success_strict='progress >= 0.5, contrast >= half the procedural edit\'s, nearest VAE-matched reference is the edit asked for')
     return q
 
 # %% ../nbs/33_mini_ip2p.ipynb #cca48dd7

@@ -245,6 +245,10 @@ def fingerprint(*parts)->str:
     norm = [asdict(p) if is_dataclass(p) else p for p in parts]
     return hashlib.sha256(json.dumps(norm, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+def _train_data(data:DataConfig)->DataConfig:
+    "The data settings the stages before training read: the test-set fields (`test_split`, `test_limit`) at their defaults, so a run on another test set reuses the split, the fine-tuned generators and the generated images (keys at default test fields are unchanged)."
+    return replace(data, test_split=DataConfig.test_split, test_limit=DataConfig.test_limit)
+
 def _still_valid(path:Path, old:str, fp:str, force:bool, what:str, where:Path)->bool:
     "True if `path` was made with fingerprint `fp` (its recorded one is `old`); else refuse, or move it aside when forced (never deleted)."
     if old == fp: return True
@@ -388,7 +392,7 @@ def _load_data(cfg:ExperimentConfig):
 # %% ../nbs/30_protocol.ipynb #15f149f7
 def _split(cfg, train_full, seed, folder:Path):
     from diffda_nb.data import make_kshot_split, save_split, load_split
-    fp = fingerprint(cfg.data, seed)
+    fp = fingerprint(_train_data(cfg.data), seed)
     path, fp_path = folder/'split.json', folder/'split.fingerprint.json'
     if path.exists() and _read_marker(fp_path) == fp: split = load_split(path)
     else:
@@ -448,7 +452,7 @@ def _finetune(cfg, r, train, seed, folder:Path, force:bool, progress:bool=True)-
     settings = stage_settings(steps, r['params']['finetune'], r['recipe'].name)
     chain, seconds, pipe, cached, gk = [], 0.0, None, True, _finetune_key(cfg)
     for k, step in enumerate(steps):
-        fp = fingerprint(cfg.data, cfg.generator.model, seed, steps[:k + 1], [settings[s] for s in steps[:k + 1]], *([gk] if gk else []))
+        fp = fingerprint(_train_data(cfg.data), cfg.generator.model, seed, steps[:k + 1], [settings[s] for s in steps[:k + 1]], *([gk] if gk else []))
         out = Path(cfg.out_dir)/'finetuned'/f'{step}-{fp}'  # shared by every experiment of this out_dir with the same data, seed, size, precision and settings
         if _stage_done(out, fp, force, f'fine-tuning step {step!r}'): chain.append(out); pipe = None; continue
         cached = False
@@ -487,7 +491,7 @@ def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, pro
     from diffda_nb.core import Manifest
     from diffda_nb.models import load_sd
     gen = folder/'generated'
-    fp = fingerprint(cfg.data, cfg.method, cfg.generator, seed)
+    fp = fingerprint(_train_data(cfg.data), cfg.method, cfg.generator, seed)
     if on_rank0(_generation_done, gen, fp, force): return Manifest(gen/'manifest.jsonl'), on_rank0(_stage_seconds, gen), True
     t0 = time.time()
     with warnings.catch_warnings(record=True):   # rows an interrupted call already made: their seconds count too

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from fastcore.basics import patch
 
-from .core import Manifest, load_image, soft_label
+from .core import Manifest, soft_label
 
 # %% ../nbs/20_utilization.ipynb #90c41601
 UTILIZATIONS = {
@@ -185,7 +185,7 @@ def target(self:TrainingSet, kind:str, # 'real' or 'synthetic', as returned by `
 @patch
 def __getitem__(self:TrainingSet, i:int):
     kind, ref = self.pick(i)
-    img = self._real_image(ref) if kind == 'real' else load_image(self.manifest.image_path(ref))
+    img = self._real_image(ref) if kind == 'real' else self.manifest.image(ref)
     return (self.transform(img) if self.transform is not None else img), self.target(kind, ref)
 
 # %% ../nbs/20_utilization.ipynb #74f774e0

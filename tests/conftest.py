@@ -8,6 +8,8 @@ os.environ.setdefault('MPLBACKEND', 'Agg')          # notebooks draw figures; ne
 os.environ.setdefault('TQDM_DISABLE', '1')          # keep the CI log readable
 os.environ.setdefault('HF_HUB_OFFLINE', '1')        # tests never reach a model hub
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+if os.environ.get('PYTEST_XDIST_WORKER'):            # notebooks run side by side (pytest -n): one thread each, or they fight over the cores
+    for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ.setdefault(var, '1')
 
 @pytest.fixture(scope='session')
 def root(): return ROOT

@@ -114,21 +114,11 @@ def _torchvision_state_dict(arch:str)->dict:
                                 f"({type(e).__name__}: {str(e)[:200]}). {hint}") from None
     finally: socket.setdefaulttimeout(old)
 
-# %% ../nbs/21_classifier.ipynb #00ff5d34
-def make_model(arch:str, # one of `ARCHS`: 'resnet18', 'resnet50', 'mobilenet_v3_large', 'vit_b_16', 'small_cnn'
-               num_classes:int, # outputs of the classification head
-               pretrained=False, # False (scratch), True (torchvision DEFAULT weights), a weights file path, or a state dict
-               in_size:int=None # input resolution; only ViT needs it (a multiple of 16, default 224)
-              )->nn.Module:
-    "A classifier backbone with a fresh `num_classes` head, from scratch or with pretrained weights."
-    if arch not in ARCHS: raise ValueError(f"arch: unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1: raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    kw = {}
-    if arch == 'vit_b_16' and in_size is not None and in_size != 224:
-        if in_size % 16: raise ValueError(f"in_size: vit_b_16 needs a multiple of 16, got {in_size}")
-        kw['image_size'] = int(in_size)
-    if arch == 'small_cnn': model = SmallCNN(int(num_classes))
-    else: model = getattr(torchvision.models, arch)(weights=None, num_classes=int(num_classes), **kw)
+# %% ../nbs/21_classifier.ipynb #cccaf7dc
+def _build_model(arch, num_classes, pretrained, in_size):
+    "`make_model`'s body: the architecture, then the weights asked for (a head that does not fit is drawn afresh)."
+    kw = {'image_size': int(in_size)} if arch == 'vit_b_16' and in_size is not None and in_size != 224 else {}
+    model = SmallCNN(num_classes) if arch == 'small_cnn' else getattr(torchvision.models, arch)(weights=None, num_classes=num_classes, **kw)
     if pretrained is False or pretrained is None: return model
     if pretrained is True:
         if arch == 'small_cnn': raise ValueError("pretrained=True: small_cnn has no published weights; pass a weights file instead")
@@ -136,6 +126,22 @@ def make_model(arch:str, # one of `ARCHS`: 'resnet18', 'resnet50', 'mobilenet_v3
     if isinstance(pretrained, dict): return _load_weights(model, pretrained, 'the given state dict')
     if isinstance(pretrained, (str, os.PathLike)): return _load_weights(model, _read_state_dict(pretrained), str(pretrained))
     raise TypeError(f"pretrained: expected False, True, a weights file path or a state dict, got {type(pretrained).__name__}")
+
+# %% ../nbs/21_classifier.ipynb #00ff5d34
+def make_model(arch:str, # one of `ARCHS`: 'resnet18', 'resnet50', 'mobilenet_v3_large', 'vit_b_16', 'small_cnn'
+               num_classes:int, # outputs of the classification head
+               pretrained=False, # False (scratch), True (torchvision DEFAULT weights), a weights file path, or a state dict
+               in_size:int=None, # input resolution; only ViT needs it (a multiple of 16, default 224)
+               seed:int=None # the initial weights come from this seed whatever the global RNG state, which is left untouched (None: drawn from the global RNG)
+              )->nn.Module:
+    "A classifier backbone with a fresh `num_classes` head, from scratch or with pretrained weights."
+    if arch not in ARCHS: raise ValueError(f"arch: unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1: raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if arch == 'vit_b_16' and in_size is not None and in_size != 224 and in_size % 16: raise ValueError(f"in_size: vit_b_16 needs a multiple of 16, got {in_size}")
+    if seed is None: return _build_model(arch, int(num_classes), pretrained, in_size)
+    with torch.random.fork_rng(devices=[]):   # models are built on the CPU: its generator is the one to pin (and restore)
+        torch.default_generator.manual_seed(int(seed))
+        return _build_model(arch, int(num_classes), pretrained, in_size)
 
 # %% ../nbs/21_classifier.ipynb #79fa207a
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -282,7 +282,7 @@ def train_base_classifier(real, # the real training images (`data.ImageDataset`)
         model = make_model(arch, real.num_classes, pretrained=False)
         model.load_state_dict(load((folder / 'model.safetensors').read_bytes()))
         return BaseProb(model, image_size=json.loads((folder / 'classifier.json').read_text())['image_size'], device=tcfg.device)
-    model = make_model(arch, real.num_classes, pretrained=pretrained)
+    model = make_model(arch, real.num_classes, pretrained=pretrained, seed=seed)
     res = train_classifier(model, make_training_set(real, None, 'none'), None, tcfg, progress=progress, val_set=val)
     if folder is not None:
         with atomic_write(folder / 'model.safetensors', 'wb') as f: f.write(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))

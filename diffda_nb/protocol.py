@@ -469,16 +469,33 @@ def _finetune(cfg, r, train, seed, folder:Path, force:bool, progress:bool=True)-
     return chain, seconds, cached
 
 # %% ../nbs/30_protocol.ipynb #40eeefe8
-def _generation_done(gen:Path, fp:str, force:bool)->bool:
-    "A finished generation stage whose manifest holds every row it wrote; one that lost rows (a torn last line) is resumed instead."
+_JOB_FIELDS = ('source_index', 'target_class', 'prompt', 'negative_prompt', 'strength', 'seed')   # what a job asks for, whatever the engine
+
+def _jobs_differ(manifest, jobs:list)->str:
+    "'' if the manifest's rows are the images `jobs` ask for; else the first difference, in words."
+    rows = {r['id']: r for r in manifest.rows}
+    if (extra := len(rows.keys() - {j.id for j in jobs})) or (missing := [j.id for j in jobs if j.id not in rows]):
+        return f"{extra} rows no job asks for" if extra else f"{len(missing)} jobs without a row (e.g. {missing[0]!r})"
+    for j in jobs:
+        for k in _JOB_FIELDS:
+            if json.loads(json.dumps(getattr(j, k))) != rows[j.id].get(k): return f"image {j.id!r}: {k} {rows[j.id].get(k)!r}, the job now asks for {getattr(j, k)!r}"
+    return ''
+
+def _generation_done(gen:Path, fp:str, force:bool, jobs:list)->bool:
+    "A finished generation stage whose manifest holds every row it wrote, made from these `jobs`; one that lost rows (a torn last line) is resumed instead."
     from diffda_nb.core import Manifest
     if not _stage_done(gen, fp, force, 'generation'): return False
     want = (_read_marker(gen/'stage.json') or {}).get('jobs')
-    with warnings.catch_warnings(record=True): have = len(Manifest(gen/'manifest.jsonl'))
-    if want is None or have >= want: return True
-    warnings.warn(f"{gen}: the manifest holds {have} of the {want} rows generation wrote (a torn or damaged line); generating the missing ones")
-    (gen/'stage.json').unlink()
-    return False
+    with warnings.catch_warnings(record=True): m = Manifest(gen/'manifest.jsonl')
+    if want is not None and len(m) < want:
+        warnings.warn(f"{gen}: the manifest holds {len(m)} of the {want} rows generation wrote (a torn or damaged line); generating the missing ones")
+        (gen/'stage.json').unlink()
+        return False
+    if not (diff := _jobs_differ(m, jobs)): return True
+    if not force: raise ValueError(f"generation in {gen} was made from other jobs than this config makes now ({diff}). The config is unchanged, so something "
+                                   "the method reads has changed (WordNet installed, a pool or fractal folder, the library); use a new experiment name, "
+                                   "or force=True / --force to move the old images aside")
+    return _still_valid(gen, 'other jobs', 'these jobs', True, 'generation', gen)   # forced: moved aside, generated again
 
 def _stage_seconds(gen:Path)->float:
     "Seconds a finished generation stage took when it ran: its stage.json (sets made before this was recorded: generation.json's `generation_s`)."
@@ -492,20 +509,20 @@ def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, pro
     from diffda_nb.models import load_sd
     gen = folder/'generated'
     fp = fingerprint(_train_data(cfg.data), cfg.method, cfg.generator, seed)
-    if on_rank0(_generation_done, gen, fp, force): return Manifest(gen/'manifest.jsonl'), on_rank0(_stage_seconds, gen), True
+    overrides = {k: v for k, v in asdict(cfg.method).items() if k not in ('name', 'options')}
+    if tuned:  # a fine-tuned generator is specific to this seed's split
+        from diffda_nb.finetune import read_card
+        overrides['card'] = dict(read_card(tuned[-1]), folder=str(tuned[-1]))  # the folder: samplers that read its files (learned conditionings)
+    params = r['recipe'].params(cfg.data.task, options=cfg.method.options, **overrides)
+    jobs = r['recipe'].make_jobs(train, params, seed)   # before the reuse check: a finished set must be the one these jobs ask for
+    if on_rank0(_generation_done, gen, fp, force, jobs): return Manifest(gen/'manifest.jsonl'), on_rank0(_stage_seconds, gen), True
     t0 = time.time()
     with warnings.catch_warnings(record=True):   # rows an interrupted call already made: their seconds count too
         prior = sum(row.get('time_s') or 0.0 for row in Manifest(gen/'manifest.jsonl').rows) if (gen/'manifest.jsonl').exists() else 0.0
-    overrides = {k: v for k, v in asdict(cfg.method).items() if k not in ('name', 'options')}
-    if tuned:  # a fine-tuned generator is specific to this seed's split: load it fresh
-        from diffda_nb.finetune import read_card
-        pipe = load_chain(load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype), tuned)
-        overrides['card'] = dict(read_card(tuned[-1]), folder=str(tuned[-1]))  # the folder: samplers that read its files (learned conditionings)
+    if tuned: pipe = load_chain(load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype), tuned)   # loaded fresh
     else:
         if 'pipe' not in pipe_cache: pipe_cache['pipe'] = load_sd(cfg.generator.model, kind='img2img', device=cfg.generator.device, dtype=cfg.generator.dtype)
         pipe = pipe_cache['pipe']
-    params = r['recipe'].params(cfg.data.task, options=cfg.method.options, **overrides)
-    jobs = r['recipe'].make_jobs(train, params, seed)
     m = generate(pipe, jobs, gen, source_images=train, size=_gen_size(cfg), batch_size=cfg.generator.batch_size,
                  scheduler=cfg.generator.scheduler, progress=progress, generator_name=str(cfg.generator.model),
                  sampler=r['recipe'].sampler(params))
@@ -534,7 +551,7 @@ def _train(cfg, r, train, test, manifest, seed, progress:bool, ids=None, ckpt=No
     from diffda_nb.classify import make_model, train_classifier, protocol_config, protocol_record
     from diffda_nb.utilization import make_training_set
     ts = make_training_set(train, manifest, r['strategy'], p=r['p'], seed=seed, num_classes=train.num_classes, ids=ids)
-    model = make_model(cfg.classifier.arch, train.num_classes, pretrained=cfg.classifier.pretrained)
+    model = make_model(cfg.classifier.arch, train.num_classes, pretrained=cfg.classifier.pretrained, seed=seed)   # not the global RNG: the stages before may have run or been cached
     tcfg = protocol_config(cfg.classifier.protocol, **{**cfg.classifier.train, 'seed': seed})
     val = _validation_set(tcfg, train_full, split, seed)
     out = train_classifier(model, ts, test, tcfg, progress=progress, ckpt_dir=ckpt, resume='matching' if force else True, keep_checkpoint=True, fingerprint=fp, val_set=val)

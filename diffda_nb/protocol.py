@@ -531,11 +531,16 @@ def _generate(cfg, r, train, seed, folder:Path, pipe_cache:dict, force:bool, pro
     return m, secs, False
 
 # %% ../nbs/30_protocol.ipynb #58b5ee30
-def _filter(cfg, train, manifest, seed, progress:bool)->tuple:
+def _filter(cfg, train, manifest, seed, progress:bool, train_full=None, split=None)->tuple:
     "Filtering (UniDiffDA §4.4): score every synthetic row once (cached in generated/filter/), keep the ⌈(1−r)·n⌉ best; returns (kept ids, summary, seconds the scoring took when it ran, whether every score was cached)."
     from diffda_nb.filtering import filter_spec, make_scorer, filter_manifest, _digest
+    from diffda_nb.classify import protocol_config
     t0, spec = time.time(), filter_spec(cfg.utilization.filter); cache = Path(manifest.path).parent/'filter'
-    scorer = make_scorer(spec, train, cfg.generator.model, asdict(cfg.classifier), seed, cache, cfg.generator.device, progress)
+    val = None
+    if spec.method == 'base_prob' and train_full is not None:   # a protocol that selects on validation images: the run's own, as the baseline gets them
+        c = {**asdict(cfg.classifier), **(spec.classifier or {})}   # Base-Prob's classifier, merged as `make_scorer` merges it
+        val = _validation_set(protocol_config(c.get('protocol') or 'unidiffda', **{**(c.get('train') or {}), 'seed': seed}), train_full, split, seed)
+    scorer = make_scorer(spec, train, cfg.generator.model, asdict(cfg.classifier), seed, cache, cfg.generator.device, progress, val=val)
     scores = cache/f"{scorer.name}-{_digest(scorer.settings())}.jsonl"; rec = scores.with_name(f'{scores.stem}.stage.json')
     size = lambda: scores.stat().st_size if scores.exists() else None
     before = size()
@@ -594,7 +599,7 @@ def run_experiment(cfg:ExperimentConfig, # the experiment (or a path to its YAML
         if until == 'generate': continue
         kept, filt, t_filter = None, None, 0.0
         if cfg.utilization.filter is not None and manifest is not None and r['strategy'] != 'none':
-            kept, filt, t_filter, cached['filter'] = on_rank0(_filter, cfg, train, manifest, seed, progress)
+            kept, filt, t_filter, cached['filter'] = on_rank0(_filter, cfg, train, manifest, seed, progress, train_full, split)
         t0 = time.time(); out = on_rank0(_train, cfg, r, train, test, manifest, seed, progress, kept, folder/'classifier_checkpoint', fp, force, train_full, split); t_train = time.time() - t0
         result = dict(name=cfg.name, method=r['recipe'].name, method_title=r['recipe'].title, seed=seed, fingerprint=fp,
                       dataset=cfg.data.name, shots=cfg.data.shots, task=cfg.data.task, params={k: v for k, v in r['params'].items() if k != 'card'},

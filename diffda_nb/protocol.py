@@ -482,13 +482,13 @@ def _jobs_differ(manifest, jobs:list)->str:
     return ''
 
 def _generation_done(gen:Path, fp:str, force:bool, jobs:list)->bool:
-    "A finished generation stage whose manifest holds every row it wrote, made from these `jobs`; one that lost rows (a torn last line) is resumed instead."
+    "A finished generation stage made from these `jobs`; one that lost rows (a torn last line) is resumed; one made from other jobs is refused (moved aside when forced)."
     from diffda_nb.core import Manifest
     if not _stage_done(gen, fp, force, 'generation'): return False
-    want = (_read_marker(gen/'stage.json') or {}).get('jobs')
     with warnings.catch_warnings(record=True): m = Manifest(gen/'manifest.jsonl')
-    if want is not None and len(m) < want:
-        warnings.warn(f"{gen}: the manifest holds {len(m)} of the {want} rows generation wrote (a torn or damaged line); generating the missing ones")
+    have, want = {r['id'] for r in m.rows}, {j.id for j in jobs}
+    if have < want:   # rows lost: the engine draws the missing ones and checks the others against their jobs
+        warnings.warn(f"{gen}: the manifest holds {len(have)} of the {len(want)} rows its jobs ask for (a torn or damaged line); generating the missing ones")
         (gen/'stage.json').unlink()
         return False
     if not (diff := _jobs_differ(m, jobs)): return True

@@ -474,8 +474,8 @@ _JOB_FIELDS = ('source_index', 'target_class', 'prompt', 'negative_prompt', 'str
 def _jobs_differ(manifest, jobs:list)->str:
     "'' if the manifest's rows are the images `jobs` ask for; else the first difference, in words."
     rows = {r['id']: r for r in manifest.rows}
-    if (extra := len(rows.keys() - {j.id for j in jobs})) or (missing := [j.id for j in jobs if j.id not in rows]):
-        return f"{extra} rows no job asks for" if extra else f"{len(missing)} jobs without a row (e.g. {missing[0]!r})"
+    if missing := [j.id for j in jobs if j.id not in rows]: return f"{len(missing)} jobs without a row (e.g. {missing[0]!r})"
+    if extra := len(rows.keys() - {j.id for j in jobs}): return f"{extra} rows no job asks for"
     for j in jobs:
         for k in _JOB_FIELDS:
             if json.loads(json.dumps(getattr(j, k))) != rows[j.id].get(k): return f"image {j.id!r}: {k} {rows[j.id].get(k)!r}, the job now asks for {getattr(j, k)!r}"

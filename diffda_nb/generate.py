@@ -263,13 +263,17 @@ def _done_rows(out_dir:Path)->dict:
     return done
 
 # %% ../nbs/05b_generate.ipynb #da3b8626
+def _changed_fields(want:dict, have:dict, fields=_CHECK_FIELDS)->list:
+    "The `fields` in which a manifest row `have` differs from the row `want` a job would get, compared as the manifest's JSON stores them."
+    return [k for k in fields if (k in want or k in have) and json.loads(json.dumps(want.get(k))) != have.get(k)
+            and not (k in _NEW_FIELDS and k not in have)]   # rows written before samplers existed lack these
+
 def _check_same_settings(jobs:list, done:dict, out_dir:Path, row):
     "Refuse a folder that holds one of the jobs' ids made with other settings; `row(job)` is the row the job would get."
     for j in jobs:
         if j.id not in done: continue
         want, have = row(j), done[j.id]
-        diff = [k for k in _CHECK_FIELDS if (k in want or k in have) and json.loads(json.dumps(want.get(k))) != have.get(k)
-                and not (k in _NEW_FIELDS and k not in have)]   # rows written before samplers existed lack these
+        diff = _changed_fields(want, have)
         if diff: raise ValueError(f"out_dir {out_dir} already holds image {j.id!r} made with other settings ({', '.join(f'{k}: {have.get(k)!r} vs {want.get(k)!r}' for k in diff)}); use a new out_dir")
 
 def _remove_temps(out_dir:Path, jobs:list):

@@ -278,7 +278,7 @@ def _mark_done(folder:Path, fp:str, **info):
 
 # %% ../nbs/30_protocol.ipynb #f9fd466a
 import contextlib, contextvars, functools, os
-from .generate import folder_lock, _DIST
+from .generate import folder_lock, _changed_fields, _DIST
 
 # %% ../nbs/30_protocol.ipynb #a90a5663
 _DIST_ENV = ('WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'GROUP_RANK', 'GROUP_WORLD_SIZE', 'ROLE_RANK', 'ROLE_WORLD_SIZE',
@@ -477,8 +477,8 @@ def _jobs_differ(manifest, jobs:list)->str:
     if missing := [j.id for j in jobs if j.id not in rows]: return f"{len(missing)} jobs without a row (e.g. {missing[0]!r})"
     if extra := len(rows.keys() - {j.id for j in jobs}): return f"{extra} rows no job asks for"
     for j in jobs:
-        for k in _JOB_FIELDS:
-            if json.loads(json.dumps(getattr(j, k))) != rows[j.id].get(k): return f"image {j.id!r}: {k} {rows[j.id].get(k)!r}, the job now asks for {getattr(j, k)!r}"
+        want = {k: getattr(j, k) for k in _JOB_FIELDS}
+        if diff := _changed_fields(want, rows[j.id], _JOB_FIELDS): return f"image {j.id!r}: {diff[0]} {rows[j.id].get(diff[0])!r}, the job now asks for {want[diff[0]]!r}"
     return ''
 
 def _generation_done(gen:Path, fp:str, force:bool, jobs:list)->bool:
